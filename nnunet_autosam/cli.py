@@ -1,0 +1,44 @@
+"""`nnunet-autosam`: the plugin's own commands, beside the stock nnU-Net CLI that trains and predicts.
+
+Each command lives in its own module, which exposes ``add_parser(subparsers)``; the parser it adds
+carries ``func`` (called with the parsed arguments).
+"""
+
+import argparse
+import importlib
+import sys
+
+from nnunet_autosam import __version__
+
+COMMAND_MODULES = (
+    "nnunet_autosam.doctor",
+    "nnunet_autosam.plans",
+    "nnunet_autosam.conversion",
+    "nnunet_autosam.splits",
+    "nnunet_autosam.evaluation",
+    "nnunet_autosam.report",
+    "nnunet_autosam.zero_shot",
+    "nnunet_autosam.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet-autosam",
+        description="SAM encoders with prompt-free heads for nnU-Net v2: set-up checks, plans, "
+                    "dataset conversion, few-label splits, evaluation and reports.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    return 0 if result is None else int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

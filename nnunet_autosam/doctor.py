@@ -1,0 +1,81 @@
+"""`nnunet-autosam doctor` checks the set-up; `nnunet-autosam trainer-dir` prints the folder for nnUNet_extTrainer."""
+
+import os
+from importlib import metadata, resources
+from pathlib import Path
+
+from nnunet_autosam.encoder_types import ENCODERS, WEIGHTS_ENV
+
+MIN_NNUNET = (2, 8, 1)
+
+
+def trainer_dir() -> Path:
+    """The installed copy of the repository's trainers/ folder (editable or not)."""
+    return Path(str(resources.files("nnunet_autosam.ext_trainers")))
+
+
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def check_nnunet_version() -> tuple:
+    version = metadata.version("nnunetv2")
+    if _version_tuple(version) >= MIN_NNUNET:
+        return True, f"nnunetv2 {version}"
+    return False, f"nnunetv2 {version} is too old (nnUNet_extTrainer needs 2.8.1): pip install -U 'nnunetv2>=2.8.1'"
+
+
+def check_trainer_variable() -> tuple:
+    folder = trainer_dir().resolve()
+    entries = [Path(p).expanduser().resolve() for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if folder in entries:
+        return True, f"nnUNet_extTrainer includes {folder}"
+    return False, ("nnUNet_extTrainer does not include the SAM trainers: "
+                   "export nnUNet_extTrainer=$(nnunet-autosam trainer-dir)")
+
+
+def check_nnunet_folders() -> list:
+    results = []
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        value = os.environ.get(name)
+        if value:
+            results.append((True, f"{name}={value}"))
+        else:
+            results.append((False, f"{name} is not set: export {name}=/path/to/{name} (nnU-Net's own set-up)"))
+    return results
+
+
+def check_weights() -> tuple:
+    folder = os.environ.get(WEIGHTS_ENV)
+    if not folder:
+        return False, (f"{WEIGHTS_ENV} is not set: export {WEIGHTS_ENV}=/folder/with/sam_vit_b_01ec64.pth "
+                       f"(only the tiny encoder works without it)")
+    present = [name for name, spec in ENCODERS.items()
+               if spec.checkpoint_file and (Path(folder) / spec.checkpoint_file).is_file()]
+    if not present:
+        expected = ", ".join(spec.checkpoint_file for spec in ENCODERS.values() if spec.checkpoint_file)
+        return False, f"{WEIGHTS_ENV}={folder} holds none of {expected}: download the ones you need there"
+    return True, f"{WEIGHTS_ENV}={folder} has weights for {', '.join(present)}"
+
+
+def check_accelerator() -> tuple:
+    import torch
+    if torch.cuda.is_available():
+        return True, f"CUDA: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} device(s))"
+    # Not a failure: everything runs on the CPU, only slowly with real SAM encoders.
+    return True, "no CUDA device: training runs on the CPU (pass -device cpu); use the tiny encoder or a GPU"
+
+
+def run_doctor(args) -> int:
+    checks = [check_nnunet_version(), check_trainer_variable(), *check_nnunet_folders(), check_weights(),
+              check_accelerator()]
+    for ok, line in checks:
+        print(f"[{'ok' if ok else 'FIX'}] {line}")
+    return 0 if all(ok for ok, _ in checks) else 1
+
+
+def add_parser(subparsers) -> None:
+    doctor = subparsers.add_parser("doctor", help="check nnU-Net, the trainer lookup, SAM weights and the GPU")
+    doctor.set_defaults(func=run_doctor)
+    folder = subparsers.add_parser("trainer-dir", help="print the folder to put in nnUNet_extTrainer")
+    folder.set_defaults(func=lambda args: print(trainer_dir()))

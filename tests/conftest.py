@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACDC_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "acdc"
+
+
+def acdc_root() -> Path:
+    """The ACDC folder (holding training/), from $NNUNET_AUTOSAM_ACDC or ../shared/data/acdc."""
+    return Path(os.environ.get("NNUNET_AUTOSAM_ACDC", ACDC_DEFAULT))
+
+
+@pytest.fixture
+def acdc_dir() -> Path:
+    root = acdc_root()
+    if not (root / "training").is_dir():
+        pytest.skip(f"ACDC data not found at {root} (set NNUNET_AUTOSAM_ACDC to the folder holding training/)")
+    return root
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """Fresh nnUNet_raw/preprocessed/results folders under tmp_path, set in the environment."""
+    env = {}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.setenv(name, str(folder))
+        env[name] = folder
+    return env

@@ -1,0 +1,133 @@
+"""The stock nnU-Net CLI drives our trainers in subprocesses: plan, train each trainer, predict, check outputs.
+
+Runs on 5 real ACDC patients (4 for training and validation, 1 held out for prediction), or on the
+built-in synthetic dataset where ACDC is absent. The encoder is `tiny` at 128: this proves the
+plumbing, not SAM's quality.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import acdc_root
+from nnunet_autosam.conversion import convert_acdc
+from nnunet_autosam.doctor import trainer_dir
+from nnunet_autosam.synthetic import write_synthetic_acdc
+from sam_files import write_sam_checkpoint
+
+TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
+HELD_OUT = "patient081"
+SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+
+
+def run(command, env, check=True):
+    if command[0] == "nnUNetv2_train":
+        env = dict(env, nnUNet_n_proc_DA="0")  # augment in the main process: no worker start-up on 2 cores
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def cli(*args):
+    return [sys.executable, "-m", "nnunet_autosam.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A planned and preprocessed Dataset027 with tiny-encoder plans, few-label splits and a held-out case."""
+    root = tmp_path_factory.mktemp("e2e")
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainer_dir()),
+               nnUNet_SAM_weights=str(root / "weights"), nnUNet_def_n_proc="1", **SHORT_SCHEDULE)
+    for name in ("raw", "preprocessed", "results", "weights", "held_out"):
+        (root / name).mkdir()
+    source = acdc_root()
+    if not (source / "training" / HELD_OUT).is_dir():
+        source = write_synthetic_acdc(root / "synthetic", num_patients=5)
+        train_patients, held_out = [f"patient{i:03d}" for i in range(1, 5)], "patient005"
+    else:
+        train_patients, held_out = TRAIN_PATIENTS, HELD_OUT
+    os.environ.update(nnUNet_raw=env["nnUNet_raw"])  # convert_acdc reads it in-process
+    try:
+        convert_acdc(source, dataset_id=27, patients=train_patients)
+    finally:
+        os.environ.pop("nnUNet_raw")
+    for image in sorted((source / "training" / held_out).glob(f"{held_out}_frame??.nii.gz")):
+        shutil.copyfile(image, root / "held_out" / image.name.replace(".nii.gz", "_0000.nii.gz"))
+
+    run(["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1"], env)
+    random_plans = run(cli("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2"),
+                       env).stdout.strip().splitlines()[-1]
+    write_sam_checkpoint(root / "weights" / "sam_tiny_test.pth", "tiny")
+    file_plans = run(cli("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2",
+                         "--checkpoint", "sam_tiny_test.pth", "--plans-name", "nnUNetPlans_SAM_tinyfile_128"),
+                     env).stdout.strip().splitlines()[-1]
+    run(cli("splits", "27", "--labelled", "3", "--seeds", "1", "--val-patients", "1"), env)
+    return {"root": root, "env": env, "random_plans": random_plans, "file_plans": file_plans}
+
+
+def _check_predictions(inputs, outputs):
+    for image_file in sorted(inputs.glob("*_0000.nii.gz")):
+        image = sitk.ReadImage(str(image_file))
+        prediction = sitk.ReadImage(str(outputs / image_file.name.replace("_0000.nii.gz", ".nii.gz")))
+        assert prediction.GetSize() == image.GetSize()
+        assert np.allclose(prediction.GetSpacing(), image.GetSpacing())
+        assert np.allclose(prediction.GetOrigin(), image.GetOrigin())
+        assert np.allclose(prediction.GetDirection(), image.GetDirection())
+        assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("trainer", ["AutoSAMTrainer", "SAMCNNTrainer", "SAMLinearTrainer", "AutoSAMFullFTTrainer"])
+def test_train_and_predict_with_the_stock_cli(workspace, trainer):
+    """AutoSAMTrainer runs on a tiny SAM file (a lean checkpoint); the others on the file-less tiny encoder."""
+    env, root = workspace["env"], workspace["root"]
+    lean = trainer == "AutoSAMTrainer"
+    plans = workspace["file_plans"] if lean else workspace["random_plans"]
+    train = run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu"], env)
+    assert "SAM encoder tiny at 128x128" in train.stdout
+    assert "short schedule from AUTOSAM_* variables: num_epochs = 1" in train.stdout
+
+    fold = root / "results" / "Dataset027_ACDC" / f"{trainer}__{plans}__2d" / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == trainer
+    weights = checkpoint["network_weights"]
+    # A frozen encoder from a file stays out; a file-less or fine-tuned one travels with the head.
+    assert any(k.startswith("encoder.") for k in weights) != lean
+    assert weights["_extra_state"]["encoder_type"] == "tiny"
+    assert weights["_extra_state"]["checkpoint_file"] == ("sam_tiny_test.pth" if lean else None)
+    assert (fold / "validation" / "summary.json").is_file()
+
+    predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-d", "27", "-c", "2d", "-tr", trainer,
+               "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta"]
+    run(predict + ["-o", str(root / f"pred_{trainer}")], env)
+    _check_predictions(root / "held_out", root / f"pred_{trainer}")
+    if lean:
+        _check_changed_sam_file_is_refused(root, env, predict)
+
+
+def _check_changed_sam_file_is_refused(root, env, predict):
+    with open(root / "weights" / "sam_tiny_test.pth", "ab") as f:
+        f.write(b"\0")  # the same name, other bytes
+    refused = run(predict + ["-o", str(root / "pred_refused")], env, check=False)
+    assert refused.returncode != 0
+    last_line = refused.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("nnunet_autosam: SAM checkpoint") and "is not the file this head was trained on" \
+        in last_line, refused.stderr[-2000:]
+
+
+def test_missing_sam_weights_fail_before_training_in_one_line(workspace):
+    env = dict(workspace["env"])
+    env.pop("nnUNet_SAM_weights")
+    result = run(["nnUNetv2_train", "27", "2d", "0", "-tr", "SAMLinearTrainer", "-device", "cpu"], env, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("nnunet_autosam: nnUNet_SAM_weights is not set: export")
+    fold = workspace["root"] / "results" / "Dataset027_ACDC" / "SAMLinearTrainer__nnUNetPlans__2d" / "fold_0"
+    assert not list(fold.glob("checkpoint*.pth"))

@@ -1,0 +1,1 @@
+"""Thin modules for nnU-Net's nnUNet_extTrainer lookup."""
