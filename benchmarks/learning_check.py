@@ -1,7 +1,7 @@
 """Does AutoSAMFullFTTrainer learn? Train it with the tiny encoder on a few ACDC patients, on the CPU,
 through the stock CLI, and score nnU-Net's own validation of one patient the run never trained on.
 
-    python benchmarks/learning_check.py [--acdc ../shared/data/acdc] [--epochs 6] [--iters 50]
+    python benchmarks/learning_check.py [--acdc ../shared/data/acdc] [--epochs 12] [--iters 50]
 
 Prints the validation patient's Dice per class (LV = label 3) and the wall time. The target is an
 LV Dice above 0.5; with a tiny random encoder that can only come from fine-tuning it.
@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--acdc", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/acdc")
     parser.add_argument("--patients", type=int, default=7, help="patients: all but one train, one validates")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
