@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "nnunet_autosam.evaluation",
     "nnunet_autosam.report",
     "nnunet_autosam.zero_shot",
+    "nnunet_autosam.embedding_cache",
     "nnunet_autosam.demo",
 )
 

@@ -28,11 +28,13 @@ TRAINED_MARKER = "checkpoint_final.pth"
 METHOD_NAMES = {
     "nnUNetTrainer": "nnU-Net 2d",
     "nnUNetTrainerEnvSchedule": "nnU-Net 2d (short schedule)",
+    "nnUNetTrainerSimCLRFinetune": "nnU-Net 2d + SimCLR",
     "AutoSAMTrainer": "AutoSAM",
     "AutoSAMFullFTTrainer": "AutoSAM (ft all)",
     "SAMCNNTrainer": "SAM encoder + CNN",
     "SAMLinearTrainer": "SAM encoder + linear",
 }
+ZERO_SHOT_PREFIX = "zero-shot:"  # method key of a folder of `nnunet-autosam zero-shot` predictions
 DEFAULT_PLANS = "nnUNetPlans"
 DEFAULT_CONFIGURATION = "2d"
 LABEL_DISPLAY_NAMES = {"MLV": "Myo", "LVC": "LV"}  # ACDC's converter names, shown as in the paper
@@ -40,8 +42,8 @@ LABEL_DISPLAY_NAMES = {"MLV": "Myo", "LVC": "LV"}  # ACDC's converter names, sho
 
 @dataclass
 class FoldResult:
-    method: str  # the results folder name, Trainer__plans__configuration
-    fold: int
+    method: str  # the results folder name, Trainer__plans__configuration (or zero-shot:FOLDER)
+    fold: int  # None for a zero-shot method
     budget: int
     seed: int
     class_dice: dict  # label -> Dice in [0, 1]
@@ -60,6 +62,8 @@ class MissingFold:
 
 def method_display_name(folder_name: str) -> str:
     """A readable method name; plans and configuration are appended only when not the defaults."""
+    if folder_name.startswith(ZERO_SHOT_PREFIX):
+        return f"zero-shot SAM, oracle box prompts [{folder_name[len(ZERO_SHOT_PREFIX):]}]"
     trainer, plans, configuration = folder_name.split("__")
     name = METHOD_NAMES.get(trainer, trainer)
     if plans != DEFAULT_PLANS:
@@ -161,6 +165,23 @@ def evaluate_method(method: str, splits: list, source: EvaluationSource, labels,
                                   {label: summary["mean"][label]["Dice"] for label in labels},
                                   summary["foreground_mean"]["Dice"], summary["foreground_mean"]["ASSD_mm"]))
     return results, missing
+
+
+def evaluate_zero_shot(pred_dir: Path, splits: list, source: EvaluationSource, labels, ignore_label,
+                       summaries_dir: Path, num_processes: int) -> list:
+    """A method that trains on nothing: scored once on the report's cases, shown in every budget's block."""
+    method = ZERO_SHOT_PREFIX + pred_dir.name
+    cases = source.cases(splits[0])
+    absent = missing_predictions(pred_dir, cases)
+    if absent:
+        raise InputError(f"{pred_dir} lacks {len(absent)} of {len(cases)} predictions (e.g. {absent[0]}): run "
+                         f"nnunet-autosam zero-shot on the same images the report scores")
+    summary = evaluate_folder(pred_dir, source.gt_dir, labels=labels, ignore_label=ignore_label,
+                              output_file=summaries_dir / f"zero-shot__{pred_dir.name}.json",
+                              num_processes=num_processes, cases=cases)
+    return [FoldResult(method, None, budget, 0, {label: summary["mean"][label]["Dice"] for label in labels},
+                       summary["foreground_mean"]["Dice"], summary["foreground_mean"]["ASSD_mm"])
+            for budget in sorted({split["budget"] for split in splits})]
 
 
 def mean_and_std(values: list):
@@ -265,8 +286,13 @@ def plot_report(rows, dataset_name: str, target: Path) -> None:
     plt.close(figure)
 
 
-def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int = default_num_processes) -> Path:
-    """Evaluate every trained fold of every method and write report.md, report.csv and report.png; returns out_dir."""
+def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int = default_num_processes,
+                 zero_shot_dirs=()) -> Path:
+    """Evaluate every trained fold of every method and write report.md, report.csv and report.png; returns out_dir.
+
+    ``zero_shot_dirs``: folders of `nnunet-autosam zero-shot` predictions for the same images (the
+    shared validation cases, or the test set with ``test_pred_root``); each becomes one more method.
+    """
     dataset_name = resolve_dataset(dataset)
     preprocessed_dir = nnunet_folder("nnUNet_preprocessed") / dataset_name
     results_dir = nnunet_folder("nnUNet_results") / dataset_name
@@ -295,10 +321,14 @@ def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int 
                                                              summaries_dir, num_processes)
             results += method_results
             missing += method_missing
+        for pred_dir in zero_shot_dirs:
+            results += evaluate_zero_shot(Path(pred_dir), splits, source, labels, ignore_label, summaries_dir,
+                                          num_processes)
     table_folds = {split["fold"] for split in splits}
     unmapped = [(method, fold) for method in methods for fold in trained_folds(results_dir / method)
                 if fold not in table_folds]
 
+    methods += [ZERO_SHOT_PREFIX + Path(pred_dir).name for pred_dir in zero_shot_dirs]
     rows = table_rows(methods, sorted({split["budget"] for split in splits}), results, missing, labels, label_names)
     write_text(markdown_report(dataset_name, evaluated_on, rows, label_names, missing, unmapped), out_dir / "report.md")
     write_csv_report(rows, label_names, out_dir / "report.csv")
@@ -315,6 +345,9 @@ def add_parser(subparsers):
     parser.add_argument("--test-pred-root", type=Path, default=None,
                         help="evaluate test-set predictions in DIR/Trainer__plans__configuration/fold_N/ against "
                              "nnUNet_raw/DatasetXXX/labelsTs instead of the validation folds")
+    parser.add_argument("--zero-shot", type=Path, nargs="+", default=(), metavar="DIR",
+                        help="folders of `nnunet-autosam zero-shot` predictions of the same images; each is "
+                             "shown as one more method in every budget's block")
     parser.add_argument("-o", "--out-dir", type=Path, default=None,
                         help="output folder (default: nnUNet_results/DatasetXXX/autosam_report, "
                              "or autosam_report_test with --test-pred-root)")
@@ -325,6 +358,6 @@ def add_parser(subparsers):
 
 def run(args):
     out_dir = build_report(args.dataset, test_pred_root=args.test_pred_root, out_dir=args.out_dir,
-                           num_processes=args.num_processes)
+                           num_processes=args.num_processes, zero_shot_dirs=args.zero_shot)
     print((out_dir / "report.md").read_text(encoding="utf-8"))
     print(f"wrote {out_dir / 'report.md'}, report.csv and report.png")

@@ -3,13 +3,14 @@
 Two stock commands (``export nnUNet_extTrainer=$(nnunet-autosam trainer-dir)`` first):
 
     nnUNetv2_train DATASET 2d all -tr nnUNetTrainerSimCLR
-    nnUNetv2_train DATASET 2d FOLD -pretrained_weights \
+    nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerSimCLRFinetune -pretrained_weights \
         $nnUNet_results/DatasetXXX/nnUNetTrainerSimCLR__nnUNetPlans__2d/fold_all/checkpoint_final.pth
 
 The first trains ``network.encoder`` of the network the plans describe (PlainConvUNet or
-ResidualEncoderUNet, built by nnU-Net's own build_network_architecture) with SimCLR; the second is the
-stock nnUNetTrainer, which loads every encoder weight through nnU-Net's load_pretrained_weights and
-fine-tunes on a few-label fold (``nnunet-autosam splits``).
+ResidualEncoderUNet, built by nnU-Net's own build_network_architecture) with SimCLR; the second is
+stock nnU-Net under its own name (so its folds sit beside plain nnU-Net's), which loads every encoder
+weight through nnU-Net's load_pretrained_weights and fine-tunes on a few-label fold
+(``nnunet-autosam splits``).
 
 Recipe and defaults:
 - views: nnU-Net's own training augmentation (get_training_transforms) applied twice, with independent
@@ -41,7 +42,6 @@ Recipe and defaults:
 One device only (no DDP): NT-Xent would need its negatives gathered across devices.
 """
 
-import os
 from time import time
 
 import numpy as np
@@ -62,7 +62,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.trainer_base import SCHEDULE_VARIABLES, schedule_from_environment
+from nnunet_autosam.trainer_base import nnUNetTrainerEnvSchedule
 
 HEAD_KEY = "simclr_projection_head"
 
@@ -142,7 +142,7 @@ def strengthen_for_contrastive(transforms: ComposeTransforms, min_probability: f
     return transforms
 
 
-class nnUNetTrainerSimCLR(nnUNetTrainer):
+class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
     """SimCLR pretraining of nnU-Net's 2D encoder on every case, without labels (see the module docstring)."""
 
     temperature: float = 0.1
@@ -151,7 +151,7 @@ class nnUNetTrainerSimCLR(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        # Why: SimCLR's own hyperparameters, the label-free sampling and the AUTOSAM_* schedule.
+        # Why: SimCLR's own hyperparameters and the label-free sampling (the base applies the AUTOSAM_* schedule).
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp:
             raise InputError("nnUNetTrainerSimCLR runs on one device: NT-Xent needs all negatives on it; "
@@ -163,15 +163,10 @@ class nnUNetTrainerSimCLR(nnUNetTrainer):
         self.weight_decay = 1e-4
         self.oversample_foreground_percent = 0.0  # foreground oversampling would read the labels
         self.enable_deep_supervision = False  # the decoder is not trained
-        for attribute, value in schedule_from_environment().items():
-            setattr(self, attribute, value)
         self.projection_head = None  # -> configure_optimizers, once the encoder exists
         self.print_to_log_file(f"SimCLR pretraining of the encoder on all cases, labels unused: NT-Xent at "
                                f"temperature {self.temperature}, projection to {self.projection_dim} dims, "
                                f"AdamW lr {self.initial_lr}, weight decay {self.weight_decay}")
-        for variable, attribute in SCHEDULE_VARIABLES.items():
-            if variable in os.environ:
-                self.print_to_log_file(f"{variable}: {attribute} = {getattr(self, attribute)}")
 
     def _network_module(self) -> nn.Module:
         module = self.network.module if isinstance(self.network, DDP) else self.network
@@ -321,5 +316,13 @@ class nnUNetTrainerSimCLR(nnUNetTrainer):
     def perform_actual_validation(self, save_probabilities: bool = False):
         # Why: no segmentation head is trained, so there is nothing to segment or score.
         self.print_to_log_file("SimCLR pretraining: final validation skipped (no segmentation head is trained). "
-                               "Fine-tune with: nnUNetv2_train DATASET 2d FOLD -pretrained_weights "
-                               f"{join(self.output_folder, 'checkpoint_final.pth')}")
+                               "Fine-tune with: nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerSimCLRFinetune "
+                               f"-pretrained_weights {join(self.output_folder, 'checkpoint_final.pth')}")
+
+
+class nnUNetTrainerSimCLRFinetune(nnUNetTrainerEnvSchedule):
+    """Stock nnU-Net, for fine-tuning from a SimCLR checkpoint with ``-pretrained_weights``.
+
+    Only the name differs from nnUNetTrainer (plus the optional AUTOSAM_* schedule): its folds get
+    their own results folder instead of landing on plain nnU-Net's, so ``report`` shows both.
+    """

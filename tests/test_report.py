@@ -146,3 +146,20 @@ def test_missing_split_table_is_an_input_error(fake_tree):
     (fake_tree["nnUNet_preprocessed"] / DATASET / "few_label_splits.json").unlink()
     with pytest.raises(InputError, match="few_label_splits.json"):
         build_report(DATASET, num_processes=1)
+
+
+def test_zero_shot_predictions_are_one_more_method_in_every_block(fake_tree, tmp_path):
+    zero_shot = tmp_path / "zero_shot_vit_b"
+    for index, case in enumerate(VAL_CASES):
+        write_volume(zero_shot / f"{case}.nii.gz", np.roll(reference(index), 2, axis=1))
+    out_dir = build_report(DATASET, num_processes=1, zero_shot_dirs=[zero_shot])
+    rows = read_rows(out_dir)
+    expected = evaluate_folder(zero_shot, fake_tree["nnUNet_preprocessed"] / DATASET / "gt_segmentations",
+                               cases=VAL_CASES, num_processes=1)["foreground_mean"]["Dice"]
+    for budget in (1, 5):
+        row = rows[(budget, "zero-shot:zero_shot_vit_b")]
+        assert row["method"] == "zero-shot SAM, oracle box prompts [zero_shot_vit_b]"
+        assert float(row["mean_Dice_mean"]) == pytest.approx(100 * expected)
+    (zero_shot / f"{VAL_CASES[0]}.nii.gz").unlink()
+    with pytest.raises(InputError, match="lacks 1 of 3 predictions"):
+        build_report(DATASET, num_processes=1, zero_shot_dirs=[zero_shot])

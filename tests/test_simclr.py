@@ -150,3 +150,12 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
         assert torch.equal(loaded[key], weights[key]), key
     # pretraining changed the encoder (it is not a fresh initialisation that happens to match)
     assert any(not torch.equal(fresh[key], weights[key]) for key in encoder_keys)
+
+    # and the stock CLI fine-tunes from it: nnU-Net's own -pretrained_weights, our name for the results folder
+    finetune = run_cli("nnUNetv2_train", "27", "2d", "0", "-tr", "nnUNetTrainerSimCLRFinetune", "-device", "cpu",
+                       "-pretrained_weights", str(checkpoint_file), env=dict(env, AUTOSAM_NUM_EPOCHS="1"))
+    loaded_by_cli = re.findall(r"^(encoder\.\S+) shape torch\.Size", finetune, flags=re.MULTILINE)
+    print(f"nnUNetv2_train -pretrained_weights loaded {len(loaded_by_cli)} of {len(encoder_keys)} encoder keys")
+    assert sorted(loaded_by_cli) == sorted(encoder_keys)
+    finetuned = nnunet_env["nnUNet_results"] / "Dataset027_ACDC" / "nnUNetTrainerSimCLRFinetune__nnUNetPlans__2d"
+    assert (finetuned / "fold_0" / "checkpoint_final.pth").is_file()
