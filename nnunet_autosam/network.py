@@ -6,6 +6,12 @@ hash), not another copy of weights that may be 2.5 GB. Loading such a checkpoint
 encoder weights from the network as built (from the SAM file) and refuses a file whose hash
 differs from the one the head was trained on. A trainable encoder, or one with no file (``tiny``),
 is stored like any other weights.
+
+The encoder runs through nnunet_autosam.fast_attention (scaled_dot_product_attention with SAM's
+relative-position term as the additive mask, no qkv/proj work on window padding): the same weights,
+keys and math as segment_anything's forward, within fp32 rounding. On CUDA the encoder runs under
+bf16 autocast (its output is cast back to fp32 for the head); on CPU it stays fp32. The whole batch
+goes through the encoder in one call.
 """
 
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ from nnunet_autosam import input_mapping
 from nnunet_autosam.encoder import build_image_encoder, file_sha256, load_encoder_weights, load_sam_state_dict, resolve_checkpoint
 from nnunet_autosam.encoder_types import EMBEDDING_DIM, PATCH_SIZE
 from nnunet_autosam.errors import InputError
+from nnunet_autosam.fast_attention import encoder_autocast_dtype, use_fast_attention
 from nnunet_autosam.heads.autosam import AutoSAMHead
 from nnunet_autosam.heads.cnn import CNNHead
 from nnunet_autosam.heads.linear import LinearHead
@@ -77,9 +84,17 @@ class SAMSegmentationNetwork(nn.Module):
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """SAM's image embedding (B, 256, S/16, S/16); no autograd graph through a frozen encoder."""
+        """SAM's image embedding (B, 256, S/16, S/16) in fp32; no autograd graph through a frozen encoder.
+
+        On CUDA the encoder runs under bf16 autocast (fp16 where the GPU lacks bf16), overriding
+        nnU-Net's fp16 autocast for the ViT only; on CPU it runs in fp32.
+        """
+        dtype = encoder_autocast_dtype(x.device)
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
-            return self.encoder(self.input_mapping(x))
+            mapped = self.input_mapping(x.float())
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                embedding = self.encoder(mapped)
+        return embedding.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.embed(x))
@@ -121,7 +136,7 @@ def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: 
     if num_input_channels != 1:
         raise InputError(f"SAM encoders take one image channel but this dataset has {num_input_channels}: "
                          f"train on a single-channel dataset (one modality)")
-    encoder = build_image_encoder(settings.encoder_type, settings.input_size)
+    encoder = use_fast_attention(build_image_encoder(settings.encoder_type, settings.input_size))
     grid_size = settings.input_size // PATCH_SIZE
     head_module = build_head(head, num_classes, grid_size)
     path = resolve_checkpoint(settings.encoder_type, settings.checkpoint)

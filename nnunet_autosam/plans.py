@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from nnunet_autosam.atomic import write_json
+from nnunet_autosam.embedding_cache import parse_mode
 from nnunet_autosam.encoder_types import ENCODERS, check_input_size, encoder_spec
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.nnunet_paths import nnunet_folder, resolve_dataset
@@ -32,7 +33,7 @@ def preprocessed_folder(dataset: str) -> Path:
 
 
 def make_sam_plans(source_plans: dict, configuration: str, encoder_type: str, input_size: int,
-                   batch_size, checkpoint, plans_name: str) -> dict:
+                   batch_size, checkpoint, plans_name: str, embedding_cache=None) -> dict:
     """A copy of ``source_plans`` whose ``configuration`` builds the given SAM encoder."""
     if configuration not in source_plans["configurations"]:
         raise InputError(f"the plans have no configuration {configuration!r}: run "
@@ -42,6 +43,8 @@ def make_sam_plans(source_plans: dict, configuration: str, encoder_type: str, in
     if len(config.get("patch_size", [])) != 2:
         raise InputError(f"configuration {configuration!r} is not 2D: SAM's encoders are 2D; use --configuration 2d")
     config["sam_encoder"] = {"type": encoder_type, "input_size": input_size, "checkpoint": checkpoint}
+    if embedding_cache is not None:
+        config["sam_encoder"]["embedding_cache"] = str(parse_mode(embedding_cache, "--embedding-cache"))
     if batch_size is not None:
         config["batch_size"] = batch_size
     plans["plans_name"] = plans_name
@@ -49,7 +52,8 @@ def make_sam_plans(source_plans: dict, configuration: str, encoder_type: str, in
 
 
 def write_sam_plans(dataset: str, encoder_type: str, input_size=None, batch_size=None, checkpoint=None,
-                    source_plans: str = "nnUNetPlans", configuration: str = "2d", plans_name=None) -> str:
+                    source_plans: str = "nnUNetPlans", configuration: str = "2d", plans_name=None,
+                    embedding_cache=None) -> str:
     """Write the plans file and return its identifier (the value for nnUNetv2_train -p)."""
     preset = load_preset(encoder_type)
     input_size = input_size or preset["input_size"]
@@ -62,7 +66,7 @@ def write_sam_plans(dataset: str, encoder_type: str, input_size=None, batch_size
                          f"first")
     plans_name = plans_name or f"{source_plans}_SAM_{encoder_type}_{input_size}"
     plans = make_sam_plans(json.loads(source_file.read_text()), configuration, encoder_type, input_size,
-                           batch_size, checkpoint, plans_name)
+                           batch_size, checkpoint, plans_name, embedding_cache)
     write_json(plans, folder / f"{plans_name}.json")
     return plans_name
 
@@ -81,6 +85,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--source-plans", default="nnUNetPlans", help="plans to copy (default: nnUNetPlans)")
     parser.add_argument("--configuration", default="2d")
     parser.add_argument("--plans-name", help="identifier of the new plans (default: <source>_SAM_<encoder>_<size>)")
+    parser.add_argument("--embedding-cache", metavar="MODE",
+                        help="default training mode of these plans: off, cache or cache_views:K "
+                             "(AUTOSAM_EMBEDDING_CACHE overrides it; default: off, encoder on the fly)")
     parser.set_defaults(func=run)
 
 
@@ -95,7 +102,7 @@ def checkpoint_reference(value):
 def run(args) -> None:
     checkpoint = checkpoint_reference(args.checkpoint)
     identifier = write_sam_plans(args.dataset, args.encoder, args.input_size, args.batch_size, checkpoint,
-                                 args.source_plans, args.configuration, args.plans_name)
+                                 args.source_plans, args.configuration, args.plans_name, args.embedding_cache)
     print(f"wrote {preprocessed_folder(args.dataset) / (identifier + '.json')}")
     print(f"train with: nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr AutoSAMTrainer -p {identifier}")
     print(identifier)

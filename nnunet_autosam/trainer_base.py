@@ -9,19 +9,26 @@ iteration budget, sliding-window validation and prediction. What differs, and wh
   wide convolutional decoders that start from pretrained weights (AutoSAM) or sit on a fixed
   embedding, the setting Adam-type optimizers suit; 5e-4 is the paper's learning rate. A trainable
   encoder gets a tenth of it, so fine-tuning does not wash out SAM's pretraining;
-- no torch.compile: not measured to help here, and compiling a ViT costs minutes at start-up.
+- no torch.compile: not measured to help here, and compiling a ViT costs minutes at start-up;
+- optionally (AUTOSAM_EMBEDDING_CACHE=cache or cache_views:K, see embedding_cache.py) training
+  iterations read frozen-encoder embeddings from a cache and run only the head; validation
+  iterations and the final validation stay on the fly with the full network.
 """
 
 import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import autocast
 
+from nnunet_autosam import embedding_cache
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.network import EncoderSettings, build_sam_network
 
@@ -30,6 +37,9 @@ SCHEDULE_VARIABLES = {
     "AUTOSAM_ITERS_PER_EPOCH": "num_iterations_per_epoch",
     "AUTOSAM_VAL_ITERS_PER_EPOCH": "num_val_iterations_per_epoch",
 }
+
+
+MIRROR_TTA_ENV = "AUTOSAM_MIRROR_TTA"
 
 
 class GroupwisePolyLRScheduler(PolyLRScheduler):
@@ -92,6 +102,19 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         settings = EncoderSettings.from_configuration(self.configuration_manager.configuration)
         self.print_to_log_file(f"SAM encoder {settings.encoder_type} at {settings.input_size}x{settings.input_size}, "
                                f"head {self.head}, encoder {'trained' if self.train_encoder else 'frozen'}")
+        self.embedding_cache_mode = embedding_cache.mode_from_settings(self.configuration_manager.configuration)
+        if self.embedding_cache_mode.enabled:
+            if self.train_encoder:
+                raise InputError(f"{type(self).__name__} trains the encoder, so its embeddings cannot be cached: "
+                                 f"set {embedding_cache.ENV}=off for this trainer")
+            if self.is_ddp:
+                raise InputError(f"embedding cache mode {self.embedding_cache_mode} trains on one device: run "
+                                 f"without -num_gpus, or set {embedding_cache.ENV}=off")
+            embedding_cache.check_label_based(self.label_manager)
+        self.print_to_log_file(f"embedding cache mode: {self.embedding_cache_mode}" + (
+            " (training iterations read cached embeddings and run only the head; validation runs the full "
+            "network on the fly)" if self.embedding_cache_mode.enabled else " (encoder runs on the fly)"))
+        self._training_dataset = None
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -101,6 +124,79 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         settings = EncoderSettings.from_configuration(configuration_manager.configuration)
         return build_sam_network(settings, cls.head, num_input_channels, num_output_channels,
                                  train_encoder=cls.train_encoder)
+
+    def get_tr_and_val_datasets(self):
+        # Kept so that a cache mode knows which cases this fold trains on, without splitting twice.
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        self._training_dataset = dataset_tr
+        return dataset_tr, dataset_val
+
+    def get_dataloaders(self):
+        # Cache modes replace only the training loader; the validation loader stays nnU-Net's own.
+        loader_tr, loader_val = super().get_dataloaders()
+        if not self.embedding_cache_mode.enabled:
+            return loader_tr, loader_val
+        if hasattr(loader_tr, "_finish"):
+            loader_tr._finish()  # nnU-Net's augmentation workers for training are not needed
+        return self._cached_training_batches(), loader_val
+
+    def _cached_training_batches(self) -> "embedding_cache.CachedBatches":
+        mode, network = self.embedding_cache_mode, self._sam_network()
+        dataset = self._training_dataset
+        sampler = None
+        if mode.kind == "cache_views":
+            sampler = embedding_cache.training_view_sampler(
+                type(self), dataset, self.plans_manager, self.configuration_manager, self.label_manager,
+                self.oversample_foreground_percent)
+        cache = embedding_cache.EmbeddingCache(
+            self.preprocessed_dataset_folder_base, network.identity, self.configuration_manager.data_identifier,
+            self.configuration_manager.patch_size, mode, dataset, sampler)
+        cases = sorted(dataset.identifiers)
+        report = cache.ensure(cases, network, self.batch_size, log=self.print_to_log_file)
+        samples = cache.open(cases)
+        self.print_to_log_file(
+            f"embedding cache: mode {mode}, key {cache.key[:16]}, folder {cache.folder}; {len(cases)} training "
+            f"cases, {len(samples) // mode.views} slices x {mode.views} view(s) = {len(samples)} cached samples; "
+            f"built {len(report.built)} cases ({report.samples_built} samples) in {report.seconds:.1f} s, "
+            f"reused {len(report.reused)}")
+        if mode.kind == "cache":
+            self.print_to_log_file("embedding cache: training without data augmentation (each slice padded/cropped "
+                                   "to the patch size once)")
+        return embedding_cache.CachedBatches(samples, self.batch_size, self.oversample_foreground_percent)
+
+    def train_step(self, batch: dict) -> dict:
+        # A cached batch holds embeddings, not images: run the head alone (nnU-Net's step would run the encoder).
+        if "embedding" not in batch:
+            return super().train_step(batch)
+        embedding = batch["embedding"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        network = self._sam_network()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            logits = network.head(embedding)
+            # The same resize as SAMSegmentationNetwork.forward: head logits (S/4) -> patch size.
+            output = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            loss = self.loss(output, target)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        # Mirrors stay a training augmentation, but at inference each mirror is another full ViT pass (4 per
+        # patch in 2d; measured 4.3x the prediction time, benchmarks/speed.py): off unless AUTOSAM_MIRROR_TTA=1.
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if os.environ.get(MIRROR_TTA_ENV, "0").lower() not in ("1", "true", "t"):
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def _sam_network(self):
         return self.network.module if isinstance(self.network, DDP) else self.network

@@ -98,6 +98,7 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     fold = root / "results" / "Dataset027_ACDC" / f"{trainer}__{plans}__2d" / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == trainer
+    assert checkpoint["inference_allowed_mirroring_axes"] is None  # each mirror would be another ViT pass
     weights = checkpoint["network_weights"]
     # A frozen encoder from a file stays out; a file-less or fine-tuned one travels with the head.
     assert any(k.startswith("encoder.") for k in weights) != lean
