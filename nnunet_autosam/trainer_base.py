@@ -10,6 +10,7 @@ iteration budget, sliding-window validation and prediction. What differs, and wh
   embedding, the setting Adam-type optimizers suit; 5e-4 is the paper's learning rate. A trainable
   encoder gets a tenth of it, so fine-tuning does not wash out SAM's pretraining;
 - no torch.compile: not measured to help here, and compiling a ViT costs minutes at start-up;
+- no test-time mirroring (AUTOSAM_MIRROR_TTA=1 restores it): each mirror is another ViT pass;
 - optionally (AUTOSAM_EMBEDDING_CACHE=cache or cache_views:K, see embedding_cache.py) training
   iterations read frozen-encoder embeddings from a cache and run only the head; validation
   iterations and the final validation stay on the fly with the full network.
