@@ -111,7 +111,20 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     run(predict + ["-o", str(root / f"pred_{trainer}")], env)
     _check_predictions(root / "held_out", root / f"pred_{trainer}")
     if lean:
+        _check_resume_and_validation_only(env, trainer, plans, fold)
         _check_changed_sam_file_is_refused(root, env, predict)
+
+
+def _check_resume_and_validation_only(env, trainer, plans, fold):
+    """--c continues from a lean checkpoint (head, optimizer, epoch); --val re-runs validation from it."""
+    train = ["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu"]
+    resumed = run(train + ["--c"], dict(env, AUTOSAM_NUM_EPOCHS="2"))
+    assert "Epoch 1" in resumed.stdout and "Epoch 0" not in resumed.stdout
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
+    (fold / "validation" / "summary.json").unlink()
+    run(train + ["--val"], env)
+    assert (fold / "validation" / "summary.json").is_file()
 
 
 def _check_changed_sam_file_is_refused(root, env, predict):
