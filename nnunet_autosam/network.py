@@ -96,9 +96,12 @@ class SAMSegmentationNetwork(nn.Module):
                 embedding = self.encoder(mapped)
         return embedding.float()
 
+    def segment(self, embedding: torch.Tensor, size) -> torch.Tensor:
+        """The head's logits (at a quarter of the input size) resized to the patch size ``size``."""
+        return F.interpolate(self.head(embedding), size=size, mode="bilinear", align_corners=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.embed(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.segment(self.embed(x), x.shape[-2:])
 
     def get_extra_state(self) -> dict:
         return dict(self.identity, encoder_stored=self.store_encoder)

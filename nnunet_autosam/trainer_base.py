@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
@@ -174,10 +173,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         network = self._sam_network()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            logits = network.head(embedding)
-            # The same resize as SAMSegmentationNetwork.forward: head logits (S/4) -> patch size.
-            output = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-            loss = self.loss(output, target)
+            loss = self.loss(network.segment(embedding, target.shape[-2:]), target)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
