@@ -182,7 +182,7 @@ def _slice_locations(locations: np.ndarray, z: int) -> np.ndarray:
     return inside
 
 
-def training_view_sampler(trainer_class, dataset, plans_manager, configuration_manager, label_manager,
+def training_view_sampler(trainer_class, dataset, configuration_manager, label_manager,
                           oversample_foreground_percent: float) -> ViewSampler:
     """The sampler for ``cache_views``, from nnU-Net's own augmentation settings and the trainer's transforms.
 
@@ -525,7 +525,7 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     network.eval()
     sampler = None
     if mode.kind == "cache_views":
-        sampler = training_view_sampler(SAMTrainerBase, data, plans_manager, configuration_manager,
+        sampler = training_view_sampler(SAMTrainerBase, data, configuration_manager,
                                         label_manager, oversample_foreground_percent=0.33)
     cache = EmbeddingCache(base, network.identity, configuration_manager.data_identifier,
                            configuration_manager.patch_size, mode, data, sampler)

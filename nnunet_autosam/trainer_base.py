@@ -146,7 +146,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         sampler = None
         if mode.kind == "cache_views":
             sampler = embedding_cache.training_view_sampler(
-                type(self), dataset, self.plans_manager, self.configuration_manager, self.label_manager,
+                type(self), dataset, self.configuration_manager, self.label_manager,
                 self.oversample_foreground_percent)
         cache = embedding_cache.EmbeddingCache(
             self.preprocessed_dataset_folder_base, network.identity, self.configuration_manager.data_identifier,
