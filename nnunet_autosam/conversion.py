@@ -1,7 +1,8 @@
 """`nnunet-autosam convert-acdc`: the official ACDC download -> an nnU-Net v2 raw dataset.
 
 nnunetv2 2.8.x ships a Dataset027_ACDC converter that crashes (it treats ``nnUNet_raw`` as a string),
-so we provide our own. Every file is checked before anything is written, then copied byte for byte:
+so we provide our own. Every file is checked before anything is written (complete, see
+:mod:`nnunet_autosam.image_checks`; known labels on the image's grid), then copied byte for byte:
 re-saving through an image library could round spacing, origin or direction, and copying cannot.
 The dataset is assembled in a temporary sibling folder and renamed into place at the end, so an
 interrupted run leaves nothing behind.
@@ -10,15 +11,14 @@ interrupted run leaves nothing behind.
 import json
 import re
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from nnunet_autosam.atomic import atomic_path, write_json
 from nnunet_autosam.errors import InputError
+from nnunet_autosam.image_checks import geometry_mismatch, itk_warnings_off, require_intact, unexpected_label_values
 from nnunet_autosam.nnunet_paths import nnunet_folder
 
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
@@ -130,23 +130,12 @@ def find_patients(acdc_dir: Path, patients=None) -> list[Patient]:
     return found
 
 
-@contextmanager
-def itk_warnings_off():
-    """Silence ITK while reading: every ACDC file triggers a harmless 'unexpected scales in sform'."""
-    import SimpleITK as sitk
-
-    was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(was_on)
-
-
 def check_case(case: Case) -> None:
-    """The label holds only known values and lies on the image's grid (size, spacing, origin, direction)."""
+    """Both files are complete, the label holds only known values and lies on the image's grid."""
     import SimpleITK as sitk
 
+    for file in (case.image, case.label) if case.label else (case.image,):
+        require_intact(file)
     image = sitk.ImageFileReader()
     image.SetFileName(str(case.image))
     try:
@@ -157,17 +146,14 @@ def check_case(case: Case) -> None:
                          f"download the ACDC data again") from None
     if label is None:
         return
-    unexpected = sorted(set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - set(LABELS.values()))
+    unexpected = unexpected_label_values(label, LABELS.values())
     if unexpected:
         raise InputError(f"{case.label.name} has label values {unexpected} outside {sorted(LABELS.values())}: "
                          f"the labels are not the ACDC ones; use an unmodified ACDC download")
-    for what, image_value, label_value in (("size", image.GetSize(), label.GetSize()),
-                                           ("spacing", image.GetSpacing(), label.GetSpacing()),
-                                           ("origin", image.GetOrigin(), label.GetOrigin()),
-                                           ("direction", image.GetDirection(), label.GetDirection())):
-        if not np.allclose(image_value, label_value, rtol=0, atol=1e-5):
-            raise InputError(f"{case.label.name} {what} {tuple(label_value)} differs from its image's "
-                             f"{tuple(image_value)}: image and label do not match; use an unmodified ACDC download")
+    mismatch = geometry_mismatch(image, label)
+    if mismatch:
+        raise InputError(f"{case.label.name} {mismatch}: image and label do not match; "
+                         f"use an unmodified ACDC download")
 
 
 def check_patients(patients: list[Patient]) -> None:

@@ -4,7 +4,7 @@ import os
 from importlib import metadata, resources
 from pathlib import Path
 
-from nnunet_autosam.encoder_types import ENCODERS, WEIGHTS_ENV
+from nnunet_autosam import encoders
 
 MIN_NNUNET = (2, 8, 1)
 
@@ -45,17 +45,12 @@ def check_nnunet_folders() -> list:
     return results
 
 
-def check_weights() -> tuple:
-    folder = os.environ.get(WEIGHTS_ENV)
-    if not folder:
-        return False, (f"{WEIGHTS_ENV} is not set: export {WEIGHTS_ENV}=/folder/with/sam_vit_b_01ec64.pth "
-                       f"(only the tiny encoder works without it)")
-    present = [name for name, spec in ENCODERS.items()
-               if spec.checkpoint_file and (Path(folder) / spec.checkpoint_file).is_file()]
-    if not present:
-        expected = ", ".join(spec.checkpoint_file for spec in ENCODERS.values() if spec.checkpoint_file)
-        return False, f"{WEIGHTS_ENV}={folder} holds none of {expected}: download the ones you need there"
-    return True, f"{WEIGHTS_ENV}={folder} has weights for {', '.join(present)}"
+def check_weights() -> list:
+    """One line per encoder family; only a set-up where no family has real weights needs fixing."""
+    lines = [line for family in encoders.families() for line in family.weights_status()]
+    if any(ok for ok, _ in lines):
+        return [(True, text) if ok else (None, text) for ok, text in lines]
+    return lines
 
 
 def check_accelerator() -> tuple:
@@ -63,15 +58,18 @@ def check_accelerator() -> tuple:
     if torch.cuda.is_available():
         return True, f"CUDA: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} device(s))"
     # Not a failure: everything runs on the CPU, only slowly with real SAM encoders.
-    return True, "no CUDA device: training runs on the CPU (pass -device cpu); use the tiny encoder or a GPU"
+    return True, ("no CUDA device: training runs on the CPU (pass -device cpu); lite_medsam suits a CPU, "
+                  "SAM's ViTs want a GPU")
 
 
 def run_doctor(args) -> int:
-    checks = [check_nnunet_version(), check_trainer_variable(), *check_nnunet_folders(), check_weights(),
+    checks = [check_nnunet_version(), check_trainer_variable(), *check_nnunet_folders(), *check_weights(),
               check_accelerator()]
     for ok, line in checks:
-        print(f"[{'ok' if ok else 'FIX'}] {line}")
-    return 0 if all(ok for ok, _ in checks) else 1
+        print(f"[{ {True: 'ok', False: 'FIX', None: '--'}[ok] }] {line}")
+    print("Data: `nnunet-autosam verify DATASET` checks every file of a raw dataset (complete, on one grid, "
+          "known labels).")
+    return 0 if all(ok is not False for ok, _ in checks) else 1
 
 
 def add_parser(subparsers) -> None:

@@ -19,7 +19,7 @@ Layout, under the dataset's preprocessed folder::
 
     autosam_cache/<mode>_<encoder>_<input size>_<key>/
         manifest.json                 every field the key hashes, in clear
-        cases/<case>/embeddings.npy   (slices*K, 256, S/16, S/16) float16, opened with mmap_mode="r"
+        cases/<case>/embeddings.npy   (slices*K, 256, G, G) float16 (G: the encoder's embedding grid), mmap_mode="r"
         cases/<case>/labels.npy       (slices*K, patch_y, patch_x) uint8
         cases/<case>/case.json        completion marker: counts, source signature, exact file sizes
 
@@ -44,7 +44,6 @@ bar), so a partial cache only costs time.
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import zlib
@@ -55,52 +54,18 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from nnunet_autosam import encoders
 from nnunet_autosam.atomic import atomic_path, write_json
-from nnunet_autosam.encoder_types import PATCH_SIZE
 from nnunet_autosam.errors import InputError
+from nnunet_autosam.network import build_sam_network
+from nnunet_autosam.nnunet_paths import preprocessed_folder
+from nnunet_autosam.settings import CACHE_ENV, CacheMode, EncoderSettings, parse_mode
 
-ENV = "AUTOSAM_EMBEDDING_CACHE"
 FORMAT_VERSION = 1
 CACHE_FOLDER = "autosam_cache"
 EMBEDDING_DTYPE = np.float16
 LABEL_DTYPE = np.uint8
 SOURCE_SUFFIXES = (".b2nd", "_seg.b2nd", ".npz")  # nnU-Net's packed case files (not the unpacked .npy)
-
-
-@dataclass(frozen=True)
-class CacheMode:
-    kind: str = "off"  # off | cache | cache_views
-    views: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.kind != "off"
-
-    def __str__(self) -> str:
-        return f"cache_views:{self.views}" if self.kind == "cache_views" else self.kind
-
-
-def parse_mode(text, source: str = ENV) -> CacheMode:
-    """``off`` (or empty/none), ``cache``, or ``cache_views:K`` with K >= 1."""
-    value = "" if text is None else str(text).strip().lower()
-    if value in ("", "off", "none", "0", "false"):
-        return CacheMode()
-    if value == "cache":
-        return CacheMode("cache", 1)
-    if value.startswith("cache_views"):
-        count = value[len("cache_views"):].lstrip(":= ")
-        if count.isdigit() and int(count) >= 1:
-            return CacheMode("cache_views", int(count))
-    raise InputError(f"{source}={text!r} is not an embedding cache mode: use off, cache, or cache_views:K "
-                     f"(K augmented views per slice, e.g. cache_views:4)")
-
-
-def mode_from_settings(configuration: dict) -> CacheMode:
-    """The mode for a training: $AUTOSAM_EMBEDDING_CACHE if set, else the plans' sam_encoder.embedding_cache."""
-    if os.environ.get(ENV) is not None:
-        return parse_mode(os.environ[ENV])
-    planned = (configuration.get("sam_encoder") or {}).get("embedding_cache")
-    return parse_mode(planned, "the plans' sam_encoder.embedding_cache")
 
 
 # ---------------------------------------------------------------------------------------------- patches
@@ -109,7 +74,7 @@ def _labels_to_uint8(label: np.ndarray) -> np.ndarray:
     label = np.where(label < 0, 0, label)  # nnU-Net's padding/outside label -1 -> background (RemoveLabelTansform)
     if label.size and (label.max() > np.iinfo(LABEL_DTYPE).max):
         raise InputError(f"label value {int(label.max())} does not fit the cache's uint8 labels: train on the fly "
-                         f"({ENV}=off)")
+                         f"({CACHE_ENV}=off)")
     return label.astype(LABEL_DTYPE)
 
 
@@ -270,7 +235,8 @@ class EmbeddingCache:
         name = f"{mode.kind}{mode.views if mode.kind == 'cache_views' else ''}_{identity['encoder_type']}_" \
                f"{int(identity['input_size'])}_{self.key[:16]}"
         self.folder = Path(preprocessed_base) / CACHE_FOLDER / name
-        self.grid = int(identity["input_size"]) // PATCH_SIZE
+        self.grid = encoders.family(identity["encoder_type"]).embedding_grid(identity["encoder_type"],
+                                                                             int(identity["input_size"]))
         self.embedding_dim = int(identity["embedding_dim"])
         self.dataset = dataset
         self.view_sampler = view_sampler
@@ -494,11 +460,8 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     """(cache, network, all case identifiers) for a dataset's plans, as the cache command uses them."""
     import torch
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_autosam.network import EncoderSettings, build_sam_network
-    from nnunet_autosam.plans import preprocessed_folder
-    from nnunet_autosam.trainer_base import SAMTrainerBase
 
     base = preprocessed_folder(dataset)
     plans_file = base / f"{plans_name}.json"
@@ -525,7 +488,7 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     network.eval()
     sampler = None
     if mode.kind == "cache_views":
-        sampler = training_view_sampler(SAMTrainerBase, data, configuration_manager,
+        sampler = training_view_sampler(nnUNetTrainer, data, configuration_manager,
                                         label_manager, oversample_foreground_percent=0.33)
     cache = EmbeddingCache(base, network.identity, configuration_manager.data_identifier,
                            configuration_manager.patch_size, mode, data, sampler)
@@ -535,7 +498,7 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
 def check_label_based(label_manager) -> None:
     if label_manager.has_regions:
         raise InputError(f"this dataset trains on regions; the embedding cache stores plain labels: "
-                         f"train on the fly ({ENV}=off)")
+                         f"train on the fly ({CACHE_ENV}=off)")
 
 
 def run(args) -> None:
@@ -570,7 +533,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "cache", help="precompute the frozen encoder's embeddings for training from the cache",
         description="Embed every 2D slice of the preprocessed dataset once (float16, memory-mapped, under "
-                    f"DatasetXXX/{CACHE_FOLDER}/). Train from it with {ENV}=cache (or cache_views:K). Resumable: "
+                    f"DatasetXXX/{CACHE_FOLDER}/). Train from it with {CACHE_ENV}=cache (or cache_views:K). Resumable: "
                     "complete cases are kept. Shardable: run --shard i/n for i = 0..n-1, at once or in turn.")
     parser.add_argument("dataset", metavar="DATASET", help="dataset id (27) or name (Dataset027_ACDC)")
     parser.add_argument("-p", "--plans", required=True, help="plans identifier (from nnunet-autosam plans)")

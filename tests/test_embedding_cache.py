@@ -15,6 +15,7 @@ import torch
 
 from conftest import acdc_root
 from nnunet_autosam import embedding_cache as ec
+from nnunet_autosam import settings
 from nnunet_autosam.demo import Workspace
 from nnunet_autosam.errors import InputError
 from sam_files import write_sam_checkpoint
@@ -57,7 +58,7 @@ def in_process(workspace, monkeypatch):
     """The workspace's nnU-Net folders in this process's environment, no cache mode set."""
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_SAM_weights"):
         monkeypatch.setenv(name, workspace.env[name])
-    monkeypatch.delenv(ec.ENV, raising=False)
+    monkeypatch.delenv(settings.CACHE_ENV, raising=False)
     return workspace
 
 
@@ -71,7 +72,7 @@ def centre_crop(image, size, fill):
 
 
 def fresh_cache(plans=PLANS, mode="cache"):
-    cache, network, cases = ec.cache_for_plans("27", plans, "2d", ec.parse_mode(mode))
+    cache, network, cases = ec.cache_for_plans("27", plans, "2d", settings.parse_mode(mode))
     shutil.rmtree(cache.folder, ignore_errors=True)
     return cache, network, cases
 
@@ -106,7 +107,7 @@ def test_cache_key_follows_the_encoder_identity(in_process):
     keys = {}
     for plans, mode in ((PLANS, "cache"), ("nnUNetPlans_SAM_tiny_64", "cache"), (PLANS, "cache_views:2"),
                         ("nnUNetPlans_SAM_tiny_a_128", "cache"), ("nnUNetPlans_SAM_tiny_b_128", "cache")):
-        cache, _, _ = ec.cache_for_plans("27", plans, "2d", ec.parse_mode(mode))
+        cache, _, _ = ec.cache_for_plans("27", plans, "2d", settings.parse_mode(mode))
         keys[(plans, mode)] = cache.folder
         assert (cache.fields["checkpoint_sha256"] is None) == ("_a_" not in plans and "_b_" not in plans)
     assert len(set(keys.values())) == len(keys)  # input size, mode and each SAM file give their own cache
@@ -116,7 +117,8 @@ def test_cache_key_follows_the_encoder_identity(in_process):
     assert cache_a.ensure(cases[:1], network_a).built == cases[:1]
     weights = in_process.root / "weights"
     shutil.copyfile(weights / "tiny_b.pth", weights / "tiny_a.pth")
-    changed, network_changed, _ = ec.cache_for_plans("27", "nnUNetPlans_SAM_tiny_a_128", "2d", ec.parse_mode("cache"))
+    changed, network_changed, _ = ec.cache_for_plans("27", "nnUNetPlans_SAM_tiny_a_128", "2d",
+                                                     settings.parse_mode("cache"))
     assert changed.folder != cache_a.folder
     assert changed.ensure(cases[:1], network_changed).built == cases[:1]
 
@@ -190,21 +192,22 @@ def test_views_are_nnunet_augmentations_seeded_per_slice(in_process):
 
 
 def test_mode_comes_from_the_environment_or_the_plans(monkeypatch):
-    monkeypatch.delenv(ec.ENV, raising=False)
-    assert not ec.mode_from_settings({"sam_encoder": {"type": "tiny"}}).enabled
-    assert ec.mode_from_settings({"sam_encoder": {"embedding_cache": "cache_views:4"}}) == ec.CacheMode("cache_views", 4)
-    monkeypatch.setenv(ec.ENV, "off")
-    assert not ec.mode_from_settings({"sam_encoder": {"embedding_cache": "cache"}}).enabled
-    monkeypatch.setenv(ec.ENV, "cache")
-    assert ec.mode_from_settings({}) == ec.CacheMode("cache", 1)
+    monkeypatch.delenv(settings.CACHE_ENV, raising=False)
+    assert not settings.mode_from_settings({"sam_encoder": {"type": "tiny"}}).enabled
+    assert settings.mode_from_settings({"sam_encoder": {"embedding_cache": "cache_views:4"}}) == \
+        settings.CacheMode("cache_views", 4)
+    monkeypatch.setenv(settings.CACHE_ENV, "off")
+    assert not settings.mode_from_settings({"sam_encoder": {"embedding_cache": "cache"}}).enabled
+    monkeypatch.setenv(settings.CACHE_ENV, "cache")
+    assert settings.mode_from_settings({}) == settings.CacheMode("cache", 1)
     for bad in ("cache_views", "cache_views:0", "yes"):
         with pytest.raises(InputError, match="is not an embedding cache mode"):
-            ec.parse_mode(bad)
+            settings.parse_mode(bad)
 
 
 def test_training_in_cache_mode_with_the_stock_cli(workspace):
     cached = copy.copy(workspace)
-    cached.env = dict(workspace.env, **{ec.ENV: "cache"})
+    cached.env = dict(workspace.env, **{settings.CACHE_ENV: "cache"})
     train = ["nnUNetv2_train", "27", "2d", "0", "-tr", "SAMLinearTrainer", "-p", PLANS, "-device", "cpu"]
     output = cached.run(*train)
     assert "embedding cache mode: cache (training iterations read cached embeddings" in output

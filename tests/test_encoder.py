@@ -5,9 +5,13 @@ import torch
 import torch.nn.functional as F
 from segment_anything import sam_model_registry
 
-from nnunet_autosam.encoder import build_image_encoder, load_encoder_weights, load_sam_state_dict, resolve_checkpoint
+from nnunet_autosam import encoders
+from nnunet_autosam.encoders.base import load_sam_state_dict
+from nnunet_autosam.encoders.sam_vit import FAMILY as SAM_VIT
+from nnunet_autosam.encoders.sam_vit import build_image_encoder
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.network import EncoderSettings, build_sam_network
+from nnunet_autosam.network import build_sam_network
+from nnunet_autosam.settings import EncoderSettings
 from sam_files import random_sam, write_sam_checkpoint
 
 
@@ -44,7 +48,7 @@ def test_tiny_checkpoint_round_trip(tiny_file, monkeypatch):
 def test_vit_b_checkpoint_loads_at_256_with_interpolated_position_tables(vit_b_file):
     saved = load_sam_state_dict(vit_b_file)
     encoder = build_image_encoder("vit_b", 256)
-    load_encoder_weights(encoder, "vit_b", saved, vit_b_file)
+    SAM_VIT.load_encoder(encoder, "vit_b", saved, vit_b_file)
 
     expected_pos = F.interpolate(saved["image_encoder.pos_embed"].permute(0, 3, 1, 2), size=(16, 16),
                                  mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
@@ -63,7 +67,7 @@ def test_vit_b_file_for_a_vit_l_encoder_fails_in_one_line(vit_b_file):
     with pytest.raises(InputError) as error:
         build_sam_network(EncoderSettings("vit_l", 256, str(vit_b_file)), "linear", 1, 4)
     message = error.value.message
-    assert "holds a vit_b / medsam_vit_b encoder" in message and "--encoder vit_b" in message
+    assert "holds a SAM ViT vit_b / medsam_vit_b encoder" in message and "--encoder vit_b" in message
     assert "sam_vit_l_0b3195.pth" in message and "\n" not in message
 
 
@@ -84,15 +88,15 @@ def test_a_file_without_sam_weights_is_refused(tmp_path):
 def test_missing_weights_folder_and_file_name_the_fix(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_SAM_weights", raising=False)
     with pytest.raises(InputError, match="nnUNet_SAM_weights is not set: export"):
-        resolve_checkpoint("vit_b", None)
+        SAM_VIT.resolve_checkpoint("vit_b", None)
     monkeypatch.setenv("nnUNet_SAM_weights", str(tmp_path))
     with pytest.raises(InputError, match="sam_vit_h_4b8939.pth not found: download it from https://"):
-        resolve_checkpoint("vit_h", None)
-    assert resolve_checkpoint("tiny", None) is None
+        SAM_VIT.resolve_checkpoint("vit_h", None)
+    assert SAM_VIT.resolve_checkpoint("tiny", None) is None
 
 
 def test_unknown_encoder_and_bad_input_size_are_refused():
     with pytest.raises(InputError, match="unknown encoder type 'vit_x'"):
-        build_image_encoder("vit_x", 1024)
+        encoders.family("vit_x")
     with pytest.raises(InputError, match="not a multiple of 16"):
         build_image_encoder("tiny", 250)

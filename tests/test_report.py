@@ -76,6 +76,9 @@ def fake_tree(nnunet_env):
     add_method(results, NNUNET, folds=[0, 1, 2, 3], shift_by_fold=lambda fold: fold % 2)
     add_method(results, AUTOSAM, folds=[0, 1, 2, 7], shift_by_fold=lambda fold: 1 + fold % 2)
     add_method(results, SAMCNN, folds=[0], shift_by_fold=lambda fold: 1, skip_case=VAL_CASES[1], unfinished=[1])
+    pretraining = results / "nnUNetTrainerSimCLR__nnUNetPlans__2d" / "fold_all"  # trained on no split: no row
+    pretraining.mkdir(parents=True)
+    (pretraining / "checkpoint_final.pth").write_bytes(b"fake")
     return nnunet_env
 
 

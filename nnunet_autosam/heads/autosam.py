@@ -15,7 +15,7 @@ from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from nnunet_autosam.encoder_types import EMBEDDING_DIM
+from nnunet_autosam.encoders.base import EMBEDDING_DIM, state_part
 
 SAM_MASK_TOKENS = 4  # SAM's decoder has one single-mask and three multimask output tokens
 
@@ -45,20 +45,24 @@ class AutoSAMHead(nn.Module):
 
     def load_sam_decoder(self, sam_state: dict) -> None:
         """Start from a SAM checkpoint's decoder: class i's hypernetwork MLP from SAM's mask token i mod 4."""
-        def part(prefix: str) -> dict:
-            return {k[len(prefix):]: v for k, v in sam_state.items() if k.startswith(prefix)}
-
-        self.transformer.load_state_dict(part("mask_decoder.transformer."))
-        self.output_upscaling.load_state_dict(part("mask_decoder.output_upscaling."))
-        self.no_mask_embed.load_state_dict(part("prompt_encoder.no_mask_embed."))
-        self.pe_layer.load_state_dict(part("prompt_encoder.pe_layer."))
+        self.transformer.load_state_dict(state_part(sam_state, "mask_decoder.transformer."))
+        self.output_upscaling.load_state_dict(state_part(sam_state, "mask_decoder.output_upscaling."))
+        self.no_mask_embed.load_state_dict(state_part(sam_state, "prompt_encoder.no_mask_embed."))
+        self.pe_layer.load_state_dict(state_part(sam_state, "prompt_encoder.pe_layer."))
         for i, mlp in enumerate(self.output_hypernetworks_mlps):
-            mlp.load_state_dict(part(f"mask_decoder.output_hypernetworks_mlps.{i % SAM_MASK_TOKENS}."))
+            mlp.load_state_dict(state_part(sam_state, f"mask_decoder.output_hypernetworks_mlps.{i % SAM_MASK_TOKENS}."))
+
+    @staticmethod
+    def token_layout(grid: torch.Tensor) -> torch.Tensor:
+        """Channels-last memory: the transformer flattens (B, C, H, W) to (B, H*W, C) image tokens, which is
+        then a view of contiguous memory, not a strided one that every linear layer on them would copy.
+        The values are the same; only the memory order differs."""
+        return grid.contiguous(memory_format=torch.channels_last)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         b, c, h, w = embedding.shape
-        image_pe = self.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
-        src = embedding + self.no_mask_embed.weight.view(1, c, 1, 1)
+        image_pe = self.token_layout(self.pe_layer((h, w)).unsqueeze(0)).expand(b, -1, -1, -1)
+        src = self.token_layout(embedding + self.no_mask_embed.weight.view(1, c, 1, 1))
         tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)
         class_out, src = self.transformer(src, image_pe, tokens)
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))

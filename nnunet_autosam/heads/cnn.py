@@ -11,7 +11,7 @@ trains erratically at the small batches few-label training uses.
 import torch
 from torch import nn
 
-from nnunet_autosam.encoder_types import EMBEDDING_DIM
+from nnunet_autosam.encoders.base import EMBEDDING_DIM
 
 
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:

@@ -7,7 +7,7 @@ code applies a ReLU to the logits, which clips every negative logit; we leave th
 import torch
 from torch import nn
 
-from nnunet_autosam.encoder_types import EMBEDDING_DIM
+from nnunet_autosam.encoders.base import EMBEDDING_DIM
 from nnunet_autosam.heads.autosam import sam_upscaling
 
 

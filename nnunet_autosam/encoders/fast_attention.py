@@ -30,8 +30,6 @@ Channels-last memory format is not used: a ViT has two convolutions (patch embed
 their share of the encoder's time is small; benchmarks/speed.py measures it (``--channels-last``).
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, Block, ImageEncoderViT, get_rel_pos, window_partition, \
@@ -130,10 +128,3 @@ def use_fast_attention(encoder: ImageEncoderViT) -> ImageEncoderViT:
 def uses_fast_attention(encoder: nn.Module) -> bool:
     blocks = getattr(encoder, "blocks", [])
     return len(blocks) > 0 and all(isinstance(b, FastBlock) and isinstance(b.attn, FastAttention) for b in blocks)
-
-
-def encoder_autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The dtype the encoder runs in under autocast: bf16 on CUDA (fp16 where bf16 is missing), none on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
