@@ -137,7 +137,8 @@ class LiteMedSAMFamily(EncoderFamily):
             package = _package()
         except InputError as error:
             return [(False, f"LiteMedSAM: {error.message.split(': ', 1)[1]}")]
-        override = weights_folder() / FILE_NAME if weights_folder() is not None else None
+        folder = weights_folder()
+        override = folder / FILE_NAME if folder is not None else None
         if override is not None and override.is_file():
             return [(True, f"LiteMedSAM: {override} (in ${WEIGHTS_ENV}) overrides the installed file; ready offline")]
         path = Path(package.get_asset_path())
