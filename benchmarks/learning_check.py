@@ -54,7 +54,7 @@ def main() -> None:
     root = args.output.resolve() / args.encoder
     workspace = Workspace(root, schedule)
     source = acdc_subset(args.acdc, root / "acdc_subset")
-    plans = workspace.prepare(source, None, ["--encoder", args.encoder, "--input-size", "256", "--batch-size", "8",
+    plans = workspace.prepare(source, [], ["--encoder", args.encoder, "--input-size", "256", "--batch-size", "8",
                                              "--embedding-cache", "cache"])
     workspace.plugin("splits", DATASET_ID, "--labelled", "1", "--seeds", "1", "--val-patients", "1")
     times["prepare_s"] = time.perf_counter() - start

@@ -4,27 +4,33 @@ nnunetv2 2.8.x ships a Dataset027_ACDC converter that crashes (it treats ``nnUNe
 so we provide our own. Every file is checked before anything is written (complete, see
 :mod:`nnunet_autosam.image_checks`; known labels on the image's grid), then copied byte for byte:
 re-saving through an image library could round spacing, origin or direction, and copying cannot.
-The dataset is assembled in a temporary sibling folder and renamed into place at the end, so an
-interrupted run leaves nothing behind.
+With ``--holdout N`` (only ACDC's training set at hand) N training patients, stratified by
+pathology group with a fixed seed, become the test set instead (imagesTs/labelsTs), listed in
+``acdc_info.json`` with subset ``holdout``. The dataset is assembled in a temporary sibling folder
+and renamed into place at the end, so an interrupted run leaves nothing behind.
 """
 
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from nnunet_autosam.atomic import atomic_path, write_json
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.image_checks import geometry_mismatch, itk_warnings_off, require_intact, unexpected_label_values
 from nnunet_autosam.nnunet_paths import nnunet_folder
+from nnunet_autosam.splits import by_group, stratified_draw
 
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 CHANNEL_NAMES = {"0": "cineMRI"}
 FILE_ENDING = ".nii.gz"
 SUBSETS = ("training", "testing")
+HOLDOUT_SUBSET = "holdout"  # training patients set aside as the test set by --holdout
+HOLDOUT_SEED = 20180  # fixed, so every user of --holdout N holds out the same patients
 PATIENT_NAME = re.compile(r"patient\d{3}")
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 INFO_INT_KEYS = ("ED", "ES", "NbFrame")
@@ -185,8 +191,28 @@ def acdc_info(patients: list[Patient]) -> dict:
             for patient in patients}
 
 
+def hold_out(patients: list[Patient], count: int) -> list[Patient]:
+    """Move ``count`` training patients, stratified by pathology group with a fixed seed, to the test set.
+
+    Why: with only ACDC's training set, a test set that no split, schedule or model choice ever
+    touches has to be carved out before anything trains; a fixed seed makes it the same for everyone.
+    """
+    if count == 0:
+        return patients
+    if any(patient.subset != "training" for patient in patients):
+        raise InputError("--holdout carves a test set out of training/, but this ACDC folder has testing/ "
+                         "patients too: drop --holdout and use its testing/ set, or convert without testing/")
+    training = {patient.patient_id: (patient.info["Group"], None) for patient in patients}
+    if not 0 < count < len(training):
+        raise InputError(f"--holdout {count} must leave at least one of the {len(training)} training patients to "
+                         f"train on: pick 1 to {len(training) - 1}")
+    held_out = set(stratified_draw(by_group(training), count, np.random.default_rng(HOLDOUT_SEED)))
+    return [replace(patient, subset=HOLDOUT_SUBSET) if patient.patient_id in held_out else patient
+            for patient in patients]
+
+
 def write_dataset(patients: list[Patient], folder: Path, name: str) -> None:
-    """Lay out imagesTr/labelsTr (and imagesTs/labelsTs for testing patients) plus the two json files."""
+    """Lay out imagesTr/labelsTr (and imagesTs/labelsTs for testing or held-out patients) plus the two json files."""
     for patient in patients:
         suffix = "Tr" if patient.subset == "training" else "Ts"
         for case in patient.cases:
@@ -219,12 +245,13 @@ def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:
 
 
 def convert_acdc(acdc_dir, dataset_id: int = 27, name: str = "ACDC", overwrite: bool = False,
-                 patients=None) -> Path:
+                 patients=None, holdout: int = 0) -> Path:
     """Convert an official ACDC folder into ``$nnUNet_raw/DatasetXXX_NAME`` and return that folder.
 
-    ``patients`` (ids such as "patient001") restricts the conversion to those patients.
+    ``patients`` (ids such as "patient001") restricts the conversion to those patients; ``holdout``
+    moves that many of them to imagesTs/labelsTs (see :func:`hold_out`).
     """
-    found = find_patients(Path(acdc_dir), patients)
+    found = hold_out(find_patients(Path(acdc_dir), patients), holdout)
     target = dataset_folder(dataset_id, name, overwrite)
     check_patients(found)
     with atomic_path(target) as tmp:
@@ -233,9 +260,13 @@ def convert_acdc(acdc_dir, dataset_id: int = 27, name: str = "ACDC", overwrite: 
 
 
 def run(args) -> None:
-    target = convert_acdc(args.acdc_dir, args.dataset_id, args.name, args.overwrite, args.patients)
+    target = convert_acdc(args.acdc_dir, args.dataset_id, args.name, args.overwrite, args.patients, args.holdout)
     num_training = json.loads((target / "dataset.json").read_text(encoding="utf-8"))["numTraining"]
     print(f"Wrote {target} ({num_training} training cases).")
+    if args.holdout:
+        info = json.loads((target / "acdc_info.json").read_text(encoding="utf-8"))
+        held_out = sorted(patient for patient, entry in info.items() if entry["subset"] == HOLDOUT_SUBSET)
+        print(f"Held out {len(held_out)} patients as the test set (imagesTs/labelsTs): {' '.join(held_out)}")
     print(f"Next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c 2d")
 
 
@@ -250,5 +281,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--name", default="ACDC", help="dataset name after the id (default: ACDC)")
     parser.add_argument("--patients", nargs="+", metavar="PATIENT",
                         help="convert only these patients, e.g. patient001 patient002 (default: all)")
+    parser.add_argument("--holdout", type=int, default=0, metavar="N",
+                        help="move N training patients (stratified by pathology group, fixed seed; listed in "
+                             "acdc_info.json as subset 'holdout') to imagesTs/labelsTs as a test set (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.set_defaults(func=run)

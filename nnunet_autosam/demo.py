@@ -88,9 +88,9 @@ class Workspace:
     def plugin(self, *args: str) -> str:
         return self.run(sys.executable, "-m", "nnunet_autosam.cli", *args)
 
-    def prepare(self, source: Path, patients, encoder_args) -> str:
-        """Convert, plan and preprocess, write SAM plans; returns the plans identifier."""
-        self.plugin("convert-acdc", str(source), "-d", DATASET_ID, *(["--patients", *patients] if patients else []))
+    def prepare(self, source: Path, convert_args, encoder_args) -> str:
+        """Convert (with ``convert_args``), plan and preprocess, write SAM plans; returns the plans identifier."""
+        self.plugin("convert-acdc", str(source), "-d", DATASET_ID, *convert_args)
         self.run("nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", self.env["nnUNet_def_n_proc"])
         return self.plugin("plans", DATASET_ID, *encoder_args).strip().splitlines()[-1]
 
@@ -144,7 +144,8 @@ def run_demo(output: Path, acdc_dir=None, num_patients: int = 6, budgets=(1, 3),
     # all trainers and folds (AutoSAMFullFTTrainer trains its encoder and runs on the fly).
     # Batch 2: the CNN head (1024 channels on a 64x64 grid) and fine-tuning the encoder cost seconds per
     # sample on a CPU.
-    plans = workspace.prepare(source, patients, [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"])
+    plans = workspace.prepare(source, ["--patients", *patients] if patients else [],
+                              [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"])
     steps.update(2)
     workspace.plugin("splits", DATASET_ID, "--labelled", *map(str, budgets), "--seeds", "1",
                      "--val-patients", str(val_patients))

@@ -331,7 +331,7 @@ class EmbeddingCache:
                     chunk = np.stack(pending[:batch_size])
                     pending = pending[batch_size:]
                     with torch.no_grad():
-                        embedded = network.embed(torch.from_numpy(chunk).to(device))
+                        embedded = network.encode(torch.from_numpy(chunk).to(device))
                     embeddings[start:start + len(chunk)] = embedded.float().cpu().numpy().astype(EMBEDDING_DTYPE)
                     start += len(chunk)
                     if progress is not None:

@@ -10,6 +10,8 @@ is stored like any other weights.
 The encoder's family (nnunet_autosam.encoders) builds it, maps the input, and says how big its
 embedding grid is. On CUDA the encoder runs under bf16 autocast (its output is cast back to fp32
 for the head); on CPU it stays fp32. The whole batch goes through the encoder in one call.
+With ``AUTOSAM_EMBEDDING_MEMO`` set, a frozen encoder's eval-mode embeddings are remembered on disk
+across predictions (nnunet_autosam.embedding_memo).
 """
 
 import torch
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_autosam import encoders
+from nnunet_autosam.embedding_memo import EmbeddingMemo
 from nnunet_autosam.encoders.base import EMBEDDING_DIM, autocast_dtype, file_sha256, load_sam_state_dict
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.heads.autosam import AutoSAMHead
@@ -43,7 +46,7 @@ class SAMSegmentationNetwork(nn.Module):
     """(B, 1, H, W) z-scored patch -> (B, C, H, W) logits, every class in one pass, no softmax."""
 
     def __init__(self, input_mapping: nn.Module, encoder: nn.Module, head: nn.Module, identity: dict,
-                 train_encoder: bool, store_encoder: bool):
+                 train_encoder: bool, store_encoder: bool, embedding_memo: EmbeddingMemo = None):
         super().__init__()
         self.input_mapping = input_mapping
         self.encoder = encoder
@@ -51,6 +54,7 @@ class SAMSegmentationNetwork(nn.Module):
         self.identity = identity
         self.train_encoder = train_encoder
         self.store_encoder = store_encoder
+        self.embedding_memo = embedding_memo
         if not train_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -67,10 +71,14 @@ class SAMSegmentationNetwork(nn.Module):
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The image embedding (B, 256, G, G) in fp32; no autograd graph through a frozen encoder.
+        """The image embedding (B, 256, G, G) in fp32; no autograd graph through a frozen encoder."""
+        if self.embedding_memo is not None and not self.training:
+            return self.embedding_memo.embed(x, self.encode)
+        return self.encode(x)
 
-        On CUDA the encoder runs under bf16 autocast (fp16 where the GPU lacks bf16), overriding
-        nnU-Net's fp16 autocast for the ViT only; on CPU it runs in fp32.
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the encoder. On CUDA under bf16 autocast (fp16 where the GPU lacks bf16), overriding
+        nnU-Net's fp16 autocast for the ViT only; on CPU in fp32.
         """
         dtype = autocast_dtype(x.device)
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
@@ -149,5 +157,8 @@ def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: 
         "checkpoint_file": path.name if path else None,
         "checkpoint_sha256": file_sha256(path) if path else None,
     }
-    return SAMSegmentationNetwork(input_mapping, encoder, head_module, identity,
-                                  train_encoder=train_encoder, store_encoder=train_encoder or path is None)
+    store_encoder = train_encoder or path is None
+    # Only a frozen encoder whose weights the identity pins (by file hash) may share remembered embeddings.
+    memo = None if store_encoder else EmbeddingMemo.from_environment(identity)
+    return SAMSegmentationNetwork(input_mapping, encoder, head_module, identity, train_encoder=train_encoder,
+                                  store_encoder=store_encoder, embedding_memo=memo)

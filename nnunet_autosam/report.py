@@ -1,10 +1,10 @@
-"""`nnunet-autosam report`: the paper's few-label table (Dice per class, mean Dice, ASSD) from trained folds.
+"""`nnunet-autosam report`: the paper's few-label table (Dice per class, mean Dice, ASSD, HD95) from trained folds.
 
 Every ``{Trainer}__{plans}__{configuration}`` folder in ``$nnUNet_results/DatasetXXX`` is one method;
 each of its trained folds (``checkpoint_final.pth`` present) maps to a (budget, seed) pair through the
 saved split table ``few_label_splits.json`` and is evaluated with :func:`evaluate_folder` (always
 afresh, so the numbers can never be stale). Per method and budget the table shows mean +/- sample std
-over seeds (Dice in %, ASSD in mm). Folds the table lists but a method lacks are listed as missing,
+over seeds (Dice in %, ASSD and HD95 in mm). Folds the table lists but a method lacks are listed as missing,
 trained folds the table does not know are listed as unmapped: nothing is dropped silently.
 """
 
@@ -49,6 +49,7 @@ class FoldResult:
     class_dice: dict  # label -> Dice in [0, 1]
     mean_dice: float
     assd_mm: float
+    hd95_mm: float
 
 
 @dataclass
@@ -151,6 +152,13 @@ class EvaluationSource:
         return list_cases(self.gt_dir, DEFAULT_FILE_ENDING)
 
 
+def fold_result(method: str, fold, budget: int, seed: int, summary: dict, labels) -> FoldResult:
+    """The table's numbers from an evaluate_folder summary."""
+    foreground = summary["foreground_mean"]
+    return FoldResult(method, fold, budget, seed, {label: summary["mean"][label]["Dice"] for label in labels},
+                      foreground["Dice"], foreground["ASSD_mm"], foreground["HD95_mm"])
+
+
 def evaluate_method(method: str, splits: list, source: EvaluationSource, labels, ignore_label, summaries_dir: Path,
                     num_processes: int):
     """Evaluate the method's trained folds of the table; returns (results, missing folds)."""
@@ -170,9 +178,7 @@ def evaluate_method(method: str, splits: list, source: EvaluationSource, labels,
         summary = evaluate_folder(pred_dir, source.gt_dir, labels=labels, ignore_label=ignore_label,
                                   output_file=summaries_dir / f"{method}__fold_{fold}.json",
                                   num_processes=num_processes, cases=cases)
-        results.append(FoldResult(method, fold, budget, seed,
-                                  {label: summary["mean"][label]["Dice"] for label in labels},
-                                  summary["foreground_mean"]["Dice"], summary["foreground_mean"]["ASSD_mm"]))
+        results.append(fold_result(method, fold, budget, seed, summary, labels))
     return results, missing
 
 
@@ -188,8 +194,7 @@ def evaluate_zero_shot(pred_dir: Path, splits: list, source: EvaluationSource, l
     summary = evaluate_folder(pred_dir, source.gt_dir, labels=labels, ignore_label=ignore_label,
                               output_file=summaries_dir / f"zero-shot__{pred_dir.name}.json",
                               num_processes=num_processes, cases=cases)
-    return [FoldResult(method, None, budget, 0, {label: summary["mean"][label]["Dice"] for label in labels},
-                       summary["foreground_mean"]["Dice"], summary["foreground_mean"]["ASSD_mm"])
+    return [fold_result(method, None, budget, 0, summary, labels)
             for budget in sorted({split["budget"] for split in splits})]
 
 
@@ -212,6 +217,7 @@ def table_rows(methods, budgets, results, missing, labels, label_names) -> list:
             columns = {f"Dice_{label_names[label]}": [100 * r.class_dice[label] for r in folds] for label in labels}
             columns["mean_Dice"] = [100 * r.mean_dice for r in folds]
             columns["ASSD_mm"] = [r.assd_mm for r in folds]
+            columns["HD95_mm"] = [r.hd95_mm for r in folds]
             for column, values in columns.items():
                 row[f"{column}_mean"], row[f"{column}_std"] = mean_and_std(values)
             rows.append(row)
@@ -221,7 +227,7 @@ def table_rows(methods, budgets, results, missing, labels, label_names) -> list:
 def value_columns(label_names: dict) -> list:
     """(row key prefix, table header) of the value columns, in display order."""
     return ([(f"Dice_{name}", name) for name in label_names.values()]
-            + [("mean_Dice", "mean Dice"), ("ASSD_mm", "ASSD (mm)")])
+            + [("mean_Dice", "mean Dice"), ("ASSD_mm", "ASSD (mm)"), ("HD95_mm", "HD95 (mm)")])
 
 
 def format_mean_std(mean: float, std: float) -> str:
@@ -237,7 +243,7 @@ def budget_heading(budget: int) -> str:
 def markdown_report(dataset_name: str, evaluated_on: str, rows, label_names, missing, unmapped) -> str:
     columns = value_columns(label_names)
     lines = [f"# {dataset_name}: few-label results ({evaluated_on})", "",
-             "Dice in %, ASSD in mm (3D per volume, image spacing); mean ± sample std over seeds; "
+             "Dice in %, ASSD and HD95 in mm (3D per volume, image spacing); mean ± sample std over seeds; "
              "n = seeds evaluated.", ""]
     for budget in sorted({row["budget"] for row in rows}):
         lines += [f"## {budget_heading(budget)}", "",
@@ -347,7 +353,7 @@ def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "report", help="the paper's few-label table (Dice per class, mean Dice, ASSD) over all trained folds",
+        "report", help="the paper's few-label table (Dice per class, mean Dice, ASSD, HD95) over all trained folds",
         description="Evaluate every trained fold of every Trainer__plans__configuration folder of a dataset, map "
                     f"folds to (budget, seed) with {SPLIT_TABLE_NAME}, and write report.md, report.csv and report.png.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name, e.g. 27 or Dataset027_ACDC")

@@ -86,6 +86,31 @@ def test_testing_patients_go_to_imagesTs(acdc_dir, nnunet_env, tmp_path):
     assert json.loads((target / "acdc_info.json").read_text())["patient002"]["subset"] == "testing"
 
 
+def test_holdout_sets_aside_one_patient_per_group_as_the_test_set(acdc_dir, nnunet_env):
+    patients = [f"patient{number:03d}" for number in range(1, 100, 10)]  # ACDC numbers 20 per group: 2 each
+    target = convert_acdc(acdc_dir, patients=patients, holdout=5)
+    info = json.loads((target / "acdc_info.json").read_text())
+    held_out = sorted(patient for patient, entry in info.items() if entry["subset"] == "holdout")
+    assert len(held_out) == 5 and len({info[patient]["Group"] for patient in held_out}) == 5
+    cases = sorted(case for patient in held_out for case in info[patient]["cases"])
+    assert sorted(p.name.removesuffix("_0000.nii.gz") for p in (target / "imagesTs").iterdir()) == cases
+    assert sorted(p.name.removesuffix(".nii.gz") for p in (target / "labelsTs").iterdir()) == cases
+    assert not {p.name.split("_")[0] for p in (target / "imagesTr").iterdir()} & set(held_out)
+    assert json.loads((target / "dataset.json").read_text())["numTraining"] == 10
+    again = convert_acdc(acdc_dir, patients=patients, holdout=5, overwrite=True)
+    assert sorted(p.name for p in (again / "labelsTs").iterdir()) == [f"{case}.nii.gz" for case in cases]
+
+
+def test_holdout_is_refused_beside_a_testing_set_or_when_too_large(acdc_dir, nnunet_env, tmp_path):
+    source = copy_patients(acdc_dir, tmp_path / "acdc", ["patient001", "patient021"])
+    with pytest.raises(InputError, match="--holdout 2 must leave at least one"):
+        convert_acdc(source, holdout=2)
+    copy_patients(acdc_dir, source, ["patient041"], subset="testing")
+    with pytest.raises(InputError, match="testing/ patients too"):
+        convert_acdc(source, holdout=1)
+    assert not (nnunet_env["nnUNet_raw"] / "Dataset027_ACDC").exists()
+
+
 def test_folder_without_training_is_refused(nnunet_env, tmp_path):
     with pytest.raises(InputError, match="training/"):
         convert_acdc(tmp_path)

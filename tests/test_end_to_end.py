@@ -116,8 +116,42 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     run(predict + ["-o", str(root / f"pred_{trainer}")], env)
     _check_predictions(root / "held_out", root / f"pred_{trainer}")
     if lean:
+        _check_embedding_memo_gives_the_same_labels(root, env, predict)
         _check_resume_and_validation_only(env, trainer, plans, fold)
         _check_changed_sam_file_is_refused(root, env, predict)
+
+
+def probabilities_of(folder):
+    return {path.name: np.load(path)["probabilities"] for path in sorted(folder.glob("*.npz"))}
+
+
+def _check_embedding_memo_gives_the_same_labels(root, env, predict):
+    """AUTOSAM_EMBEDDING_MEMO: filled by one prediction, read by the next, the same output as without it.
+
+    Compared on the saved class probabilities (bit for bit), which a barely trained head's all-background
+    labels could not show.
+    """
+    predict = predict + ["--save_probabilities"]
+    memo = root / "memo"
+    memo_env = dict(env, AUTOSAM_EMBEDDING_MEMO=str(memo))
+    run(predict + ["-o", str(root / "pred_no_memo")], env)
+    expected = probabilities_of(root / "pred_no_memo")
+    assert expected
+    for attempt in ("fills", "reads"):
+        run(predict + ["-o", str(root / f"pred_memo_{attempt}")], memo_env)
+        got = probabilities_of(root / f"pred_memo_{attempt}")
+        assert got.keys() == expected.keys()
+        assert all(np.array_equal(got[name], expected[name]) for name in expected), attempt
+        entries = sorted(memo.rglob("*.npy"))
+        if attempt == "fills":
+            assert entries, "the prediction stored no embeddings"
+            stored = {path: path.stat().st_mtime_ns for path in entries}
+    assert {path: path.stat().st_mtime_ns for path in entries} == stored  # the second run added or rewrote nothing
+    for path in entries:  # the stored embeddings really are what predictions read: zero them, the output changes
+        np.save(path, np.zeros_like(np.load(path)))
+    run(predict + ["-o", str(root / "pred_memo_zeroed")], memo_env)
+    zeroed = probabilities_of(root / "pred_memo_zeroed")
+    assert all(not np.allclose(zeroed[name], expected[name]) for name in expected)
 
 
 def _check_resume_and_validation_only(env, trainer, plans, fold):

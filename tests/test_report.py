@@ -106,7 +106,7 @@ def test_report_table_seeds_missing_folds_and_plot(fake_tree):
     assert rows[(1, AUTOSAM)]["method"] == "AutoSAM [nnUNetPlans_SAM_tiny_256]"
 
     markdown = (out_dir / "report.md").read_text()
-    assert "| method | RV | Myo | LV | mean Dice | ASSD (mm) | n | missing folds |" in markdown
+    assert "| method | RV | Myo | LV | mean Dice | ASSD (mm) | HD95 (mm) | n | missing folds |" in markdown
     assert "## 1 labelled patient\n" in markdown and "## 5 labelled patients\n" in markdown
     assert "fold 3 (budget 5, seed 1): not trained" in markdown
     assert "fold 0 (budget 1, seed 0): 1 of 3 predictions missing" in markdown
@@ -124,10 +124,12 @@ def test_report_values_match_evaluate_folder(fake_tree):
     myo = [100 * summary["mean"][2]["Dice"] for summary in summaries]
     mean_dice = [100 * summary["foreground_mean"]["Dice"] for summary in summaries]
     assd = [summary["foreground_mean"]["ASSD_mm"] for summary in summaries]
+    hd95 = [summary["foreground_mean"]["HD95_mm"] for summary in summaries]
     assert float(row["Dice_Myo_mean"]) == pytest.approx(np.mean(myo))
     assert float(row["Dice_Myo_std"]) == pytest.approx(np.std(myo, ddof=1))
     assert float(row["mean_Dice_mean"]) == pytest.approx(np.mean(mean_dice))
     assert float(row["ASSD_mm_mean"]) == pytest.approx(np.mean(assd))
+    assert float(row["HD95_mm_mean"]) == pytest.approx(np.mean(hd95))
     assert np.std(mean_dice) > 0  # the two seeds differ, so the spread is really tested
     single_seed = read_rows(out_dir)[(5, AUTOSAM)]
     assert math.isnan(float(single_seed["mean_Dice_std"]))
