@@ -280,7 +280,7 @@ def plot_report(rows, dataset_name: str, target: Path) -> None:
     import matplotlib.pyplot as plt
 
     budgets = sorted({row["budget"] for row in rows})
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(10, 4.5))
     for method in dict.fromkeys(row["method"] for row in rows):
         points = [row for row in rows if row["method"] == method and row["n_seeds"] > 0]
         if points:
@@ -294,7 +294,7 @@ def plot_report(rows, dataset_name: str, target: Path) -> None:
     axes.set_ylabel("mean Dice (%)")
     axes.set_title(dataset_name)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the axes: covers no line
     figure.tight_layout()
     with atomic_path(target) as tmp:
         figure.savefig(tmp, format="png", dpi=150)

@@ -122,3 +122,19 @@ def test_shards_split_the_runs_without_overlap_and_by_cost(tmp_path):
         for run in share:
             long_seen |= run.cost(experiment.schedule) > module.LONG_RUN_S
             assert not long_seen or run.cost(experiment.schedule) > module.LONG_RUN_S
+
+
+def test_test_from_puts_an_official_testing_folder_beside_training(tmp_path, monkeypatch):
+    """--test-from: the ACDC training set plus an official testing/ folder, converted as one dataset."""
+    from nnunet_autosam.conversion import convert_acdc
+
+    acdc = write_synthetic_acdc(tmp_path / "acdc", num_patients=3)
+    official = write_synthetic_acdc(tmp_path / "official", num_patients=0, num_testing=2, seed=1) / "testing"
+    module = load_runner()
+    args = module.parse_args(["--acdc", str(acdc), "--output", str(tmp_path / "run"), "--test-from", str(official)])
+    source = module.Experiment(args).source()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    target = convert_acdc(source)
+    assert sorted(p.name for p in (target / "labelsTs").iterdir()) == [
+        f"patient{number}_frame{frame}.nii.gz" for number in (101, 102) for frame in ("01", "10")]
+    assert len(list((target / "labelsTr").iterdir())) == 6
