@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from nnunet_autosam import encoders
 from nnunet_autosam.atomic import atomic_path
-from nnunet_autosam.encoders.base import load_sam_state_dict, state_part
+from nnunet_autosam.encoders.base import load_sam_state_dict, load_strictly, state_part
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.image_checks import itk_warnings_off, require_intact
 from nnunet_autosam.nnunet_paths import nnunet_folder, resolve_dataset
@@ -56,11 +56,7 @@ def load_sam_part(module: nn.Module, prefix: str, sam_state: dict, path: Path) -
     if not state:
         raise InputError(f"SAM checkpoint {path} holds no {prefix}* weights: box prompting needs a whole SAM file "
                          f"(image encoder, prompt encoder, mask decoder) such as the official ones")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError:
-        raise InputError(f"SAM checkpoint {path} has {prefix}* weights that do not fit SAM's layout: "
-                         f"use an official SAM or MedSAM file") from None
+    load_strictly(module, state, path, f"the {prefix[:-1]} of box prompting")
 
 
 class BoxPromptSegmenter(nn.Module):
