@@ -10,8 +10,18 @@ MIN_NNUNET = (2, 8, 1)
 
 
 def trainer_dir() -> Path:
-    """The installed copy of the repository's trainers/ folder (editable or not)."""
-    return Path(str(resources.files("nnunet_autosam.ext_trainers")))
+    """The installed copy of the repository's trainers/ folder (editable or not).
+
+    A source checkout on PYTHONPATH (as tests/mutants.py runs one) has no installed ext_trainers
+    package: its own trainers/ folder is used then.
+    """
+    try:
+        return Path(str(resources.files("nnunet_autosam.ext_trainers")))
+    except ModuleNotFoundError:
+        checkout_trainers = Path(__file__).resolve().parents[1] / "trainers"
+        if checkout_trainers.is_dir():
+            return checkout_trainers
+        raise
 
 
 def _version_tuple(version: str) -> tuple:
