@@ -10,7 +10,14 @@ MIN_NNUNET = (2, 8, 1)
 
 
 def trainer_dir() -> Path:
-    """The installed copy of the repository's trainers/ folder (editable or not)."""
+    """The repository's trainers/ folder: a source checkout's own when the package runs from one, else the installed copy.
+
+    A checkout on PYTHONPATH (as tests/mutants.py runs a copy) may have no installed ext_trainers package, or one
+    that an editable install maps onto another checkout's trainers/.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "setup.py").is_file() and (checkout / "trainers").is_dir():
+        return checkout / "trainers"
     return Path(str(resources.files("nnunet_autosam.ext_trainers")))
 
 

@@ -298,12 +298,16 @@ class EmbeddingCache:
 
     # ---- building
 
+    def view_seed(self, case: str, z: int) -> int:
+        """The seed of slice ``z``'s views: any process rebuilds them bit for bit."""
+        return zlib.crc32(f"{self.key}|{case}|{z}".encode())
+
     def _patches(self, case: str, data, seg, properties, z: int):
         if self.mode.kind == "cache":
             patch, label = centre_patch(data, seg, z, self.patch_size)
             return patch[None], label[None]
-        seed = zlib.crc32(f"{self.key}|{case}|{z}".encode())
-        return self.view_sampler.views(data, seg, properties["class_locations"], z, self.mode.views, seed)
+        return self.view_sampler.views(data, seg, properties["class_locations"], z, self.mode.views,
+                                       self.view_seed(case, z))
 
     def build_case(self, case: str, network, batch_size: int = 8, progress=None) -> int:
         """Embed every slice (and view) of ``case`` and write its folder atomically; returns the sample count."""

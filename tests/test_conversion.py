@@ -50,6 +50,7 @@ def test_round_trip_keeps_geometry_and_labels(acdc_dir, nnunet_env):
         pairs = ((original_folder / f"{case_id}.nii.gz", target / "imagesTr" / f"{case_id}_0000.nii.gz"),
                  (original_folder / f"{case_id}_gt.nii.gz", converted_label))
         for original_path, converted_path in pairs:
+            assert converted_path.read_bytes() == original_path.read_bytes()  # copied byte for byte
             original, converted = read(original_path), read(converted_path)
             assert converted.GetSpacing() == original.GetSpacing()
             assert converted.GetOrigin() == original.GetOrigin()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_autosam.demo import (BASELINE_TRAINER, DEMO_ENCODER, SAM_TRAINERS, SIMCLR_TRAINER, STOCK_PLANS, banner,
-                                 nnunet_command)
+from nnunet_autosam.demo import (BASELINE_TRAINER, DEMO_ENCODER, SAM_TRAINERS, SIMCLR_TRAINER, STOCK_PLANS,
+                                 acdc_patients, banner, nnunet_command)
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.report import ZERO_SHOT_PREFIX, method_display_name
 
@@ -33,14 +33,21 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
     assert "SimCLR pretraining is cut to the demo's schedule" in result.stdout
 
     report_dir = output / "nnUNet_results" / "Dataset027_ACDC" / "autosam_report_test"
-    methods = [line.split("|")[1].strip() for line in (report_dir / "report.md").read_text().splitlines()
-               if line.startswith("| ")]
+    rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.split("|")[1:-1]]
+                                               for line in (report_dir / "report.md").read_text().splitlines()
+                                               if line.startswith("| "))}
+    methods = list(rows)
     preprocessed = output / "nnUNet_preprocessed" / "Dataset027_ACDC"
     sam_plans = next(preprocessed.glob(f"{STOCK_PLANS}_SAM_{ENCODER}_*.json")).stem
     expected = [method_display_name(f"{trainer}__{STOCK_PLANS}__2d") for trainer in (BASELINE_TRAINER, SIMCLR_TRAINER)]
     expected += [method_display_name(f"{trainer}__{sam_plans}__2d") for trainer in SAM_TRAINERS]
     expected += [method_display_name(f"{ZERO_SHOT_PREFIX}zero_shot_{ENCODER}")]
     assert sorted(m for m in methods if m in expected) == sorted(expected)
+    for method in expected:  # scored: a number in every column from one fold (one seed), none missing
+        *values, seeds, missing = rows[method]
+        assert (seeds, missing) == ("1", "-"), (method, rows[method])
+        *dice, assd = (float(value) for value in values)  # "-" (nothing scored) or "mean ± std" would not parse
+        assert all(0 <= value <= 100 for value in dice) and assd >= 0, (method, rows[method])
     assert (report_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     test_cases = 2 * 2  # 2 test patients x 2 frames
     assert len(list((output / "test_predictions").glob("*/fold_0/*.nii.gz"))) == (2 + len(SAM_TRAINERS)) * test_cases
@@ -53,6 +60,16 @@ def test_the_banner_says_what_the_numbers_are_worth():
     assert DEMO_ENCODER == "lite_medsam"
     assert "RANDOM encoder" in banner("tiny") and "say nothing" in banner("tiny")
     assert "real pretrained weights" in banner(DEMO_ENCODER) and "say nothing" not in banner(DEMO_ENCODER)
+
+
+def test_the_acdc_demo_picks_one_patient_per_pathology_group(acdc_dir):
+    """`demo --acdc` runs the commands above on these patients; the whole run is too long for the suite."""
+    patients = acdc_patients(acdc_dir, 5)
+    groups = {(acdc_dir / "training" / patient / "Info.cfg").read_text().split("Group:")[1].split()[0]
+              for patient in patients}
+    assert len(patients) == 5 and groups == {"NOR", "MINF", "DCM", "HCM", "RV"}
+    with pytest.raises(InputError, match="the demo needs 500"):
+        acdc_patients(acdc_dir, 500)
 
 
 def _fake_script(folder: Path, name: str) -> Path:

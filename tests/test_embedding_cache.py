@@ -6,6 +6,7 @@ file-less `tiny` encoder at 128 (and tiny SAM files for the checkpoint-identity 
 
 import copy
 import json
+import re
 import shutil
 import time
 
@@ -174,21 +175,38 @@ def test_shards_cover_every_case_once_and_a_build_resumes(in_process):
     assert all(cache.case_problem(case) is None for case in all_cases)
 
 
-def test_views_are_nnunet_augmentations_seeded_per_slice(in_process):
-    cache, network, cases = fresh_cache(mode="cache_views:3")
+def test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their_labels(in_process):
+    cache, network, cases = fresh_cache(mode="cache_views:2")
     report = cache.ensure(cases[:1], network)
     data, seg, _, properties = cache.dataset.load_case(cases[0])
-    assert report.samples_built == 3 * data.shape[1]
+    slices = data.shape[1]
+    assert report.samples_built == 2 * slices
     samples = cache.open(cases[:1])
-    labels = np.stack([samples.get(0, row)[1] for row in range(3 * data.shape[1])])
-    assert labels.shape[1:] == cache.patch_size and set(np.unique(labels)) <= {0, 1, 2, 3}
-    z = data.shape[1] // 2
-    patches, view_labels = cache.view_sampler.views(data, seg, properties["class_locations"], z, 3, seed=7)
-    again, again_labels = cache.view_sampler.views(data, seg, properties["class_locations"], z, 3, seed=7)
-    np.testing.assert_array_equal(patches, again)
-    np.testing.assert_array_equal(view_labels, again_labels)
-    assert patches.shape == (3, 1, *cache.patch_size)
-    assert not np.array_equal(patches[0], patches[1])  # views differ from each other
+    assert len(samples) == 2 * slices
+    for z in (0, slices // 2, slices - 1):
+        # Rebuilt from the slice's own seed, the views must be the stored rows 2z and 2z + 1, label with embedding.
+        patches, labels = cache.view_sampler.views(data, seg, properties["class_locations"], z, 2,
+                                                   cache.view_seed(cases[0], z))
+        assert patches.shape == (2, 1, *cache.patch_size) and not np.array_equal(patches[0], patches[1])
+        with torch.no_grad():
+            expected = network.embed(torch.from_numpy(patches)).numpy()
+        for view in range(2):
+            stored, stored_label = samples.get(0, 2 * z + view)
+            np.testing.assert_array_equal(stored_label, labels[view])
+            assert np.all(np.abs(stored.astype(np.float32) - expected[view]) <= np.abs(expected[view]) * 2 ** -11 + 1e-5)
+
+
+def test_a_view_moves_image_and_label_together(in_process):
+    """An image drawn from its own label: after nnU-Net's spatial and intensity transforms, it still outlines the label."""
+    cache, _, cases = fresh_cache(mode="cache_views:4")
+    data, seg, _, properties = cache.dataset.load_case(cases[0])
+    drawn = np.where(np.asarray(seg) > 0, 2.0, 0.0).astype(np.float32)  # the image is the label's outline
+    z = int(np.argmax((np.asarray(seg)[0] > 0).sum(axis=(1, 2))))
+    patches, labels = cache.view_sampler.views(drawn, seg, properties["class_locations"], z, 4, seed=3)
+    for patch, label in zip(patches[:, 0], labels):
+        assert label.any()
+        correlation = np.corrcoef(patch.ravel(), (label > 0).ravel())[0, 1]
+        assert correlation > 0.9, correlation
 
 
 def test_mode_comes_from_the_environment_or_the_plans(monkeypatch):
@@ -205,20 +223,52 @@ def test_mode_comes_from_the_environment_or_the_plans(monkeypatch):
             settings.parse_mode(bad)
 
 
-def test_training_in_cache_mode_with_the_stock_cli(workspace):
+TRAINING_LOG_LINE = re.compile(
+    r"embedding cache: mode cache, key (\w+), folder (\S+); (\d+) training cases, (\d+) slices x 1 view\(s\) = "
+    r"(\d+) cached samples; built (\d+) cases \((\d+) samples\) in [\d.]+ s, reused (\d+)")
+
+
+def test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lacks(in_process):
+    """From an empty cache: `cache --fold 0 --shard 0/2` builds half of fold 0's training cases; training with plans
+    made by `plans --embedding-cache cache` (no variable set) reuses them from the same folder (same key), builds
+    the other half, reads every slice of its fold and nothing of the validation cases."""
+    workspace = in_process
+    plans = workspace.plugin("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2",
+                             "--embedding-cache", "cache", "--plans-name", "nnUNetPlans_SAM_tiny_cached_128")
+    plans = plans.strip().splitlines()[-1]
+    workspace.plugin("splits", "27", "--labelled", "2", "--seeds", "1", "--val-patients", "1")
+    split = json.loads((workspace.root / "nnUNet_preprocessed" / DATASET / "splits_final.json").read_text())[0]
+    cache, _, _ = fresh_cache(plans)
+    assert cache.folder == fresh_cache()[0].folder  # the plans' name is not part of the key
+    train_cases = sorted(split["train"])
+    slices = {case: cache.dataset.load_case(case)[0].shape[1] for case in train_cases}
+    assert len(train_cases) == 4
+
+    printed = workspace.plugin("cache", "27", "-p", plans, "--fold", "0", "--shard", "0/2",
+                               "--device", "cpu").strip().splitlines()
+    by_command = train_cases[0::2]
+    assert printed[-2].startswith(f"shard 0/2: 2 cases built ({sum(slices[c] for c in by_command)} slices) in ")
+    assert printed[-2].endswith("cache 2/4 cases complete") and printed[-1] == str(cache.folder)
+    assert [case for case in train_cases if cache.case_problem(case) is None] == by_command
+
+    output = workspace.run("nnUNetv2_train", "27", "2d", "0", "-tr", "SAMLinearTrainer", "-p", plans, "-device", "cpu")
+    assert "embedding cache mode: cache (training iterations read cached embeddings" in output
+    fold = workspace.root / "nnUNet_results" / DATASET / f"SAMLinearTrainer__{plans}__2d" / "fold_0"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    key, folder, cases, cached_slices, samples, built, built_samples, reused = TRAINING_LOG_LINE.search(log).groups()
+    assert (key, folder) == (cache.key[:16], str(cache.folder))
+    assert int(cases) == 4 and int(cached_slices) == int(samples) == sum(slices.values())
+    assert (int(built), int(built_samples), int(reused)) == (2, sum(slices[c] for c in train_cases[1::2]), 2)
+    assert all(cache.case_problem(case) is None for case in train_cases)
+    assert all(cache.case_problem(case) == "not built" for case in split["val"])
+    assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
+
+
+def test_a_cache_for_a_trained_encoder_stops_in_one_line(workspace):
     cached = copy.copy(workspace)
     cached.env = dict(workspace.env, **{settings.CACHE_ENV: "cache"})
-    train = ["nnUNetv2_train", "27", "2d", "0", "-tr", "SAMLinearTrainer", "-p", PLANS, "-device", "cpu"]
-    output = cached.run(*train)
-    assert "embedding cache mode: cache (training iterations read cached embeddings" in output
-    fold = workspace.root / "nnUNet_results" / DATASET / f"SAMLinearTrainer__{PLANS}__2d" / "fold_0"
-    assert (fold / "checkpoint_final.pth").is_file()
-    log = next(fold.glob("training_log_*.txt")).read_text()
-    assert "embedding cache: mode cache, key " in log and " cached samples; built " in log
-    assert (fold / "validation" / "summary.json").is_file()
-
     with pytest.raises(RuntimeError) as error:
-        cached.run(*[("AutoSAMFullFTTrainer" if part == "SAMLinearTrainer" else part) for part in train])
+        cached.run("nnUNetv2_train", "27", "2d", "0", "-tr", "AutoSAMFullFTTrainer", "-p", PLANS, "-device", "cpu")
     last_line = str(error.value).strip().splitlines()[-1]
     assert last_line.startswith("nnunet_autosam: AutoSAMFullFTTrainer trains the encoder, so its embeddings cannot "
                                 "be cached")

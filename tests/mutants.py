@@ -1,0 +1,149 @@
+"""Mutation check: would the tests notice if the code were wrong? Not part of the default suite.
+
+    python tests/mutants.py [NAME_PART ...]
+
+Copies the repository (without .git) to a temporary folder, runs every test named below there
+unmutated (all must pass, none skipped: a mutant "caught" by a test that fails or skips anyway proves
+nothing), then applies one mutant at a time (a small source change; its old text must occur exactly
+once, so a mutant cannot silently stop applying), runs the tests meant to catch it with PYTHONPATH
+and the working directory set to the copy, and restores the file. A mutant is caught when those tests
+fail. The last line is ``caught N of M``; the exit status is 0 only when every mutant is caught.
+NAME_PART limits the run to mutants whose name contains it.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import acdc_root  # noqa: E402  (tests/ is not a package)
+
+RUN_LIMIT_S = 1800
+
+
+@dataclass
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple
+
+
+MUTANTS = [
+    Mutant("relative-position bias dropped in fast attention", "nnunet_autosam/encoders/fast_attention.py",
+           "attn_mask=bias, scale", "attn_mask=None, scale",
+           ("tests/test_fast_attention.py::test_fast_path_matches_segment_anything_forward",)),
+    Mutant("SAM file hash left out of the cache key", "nnunet_autosam/embedding_cache.py",
+           '"checkpoint_sha256": identity.get("checkpoint_sha256"),', '"checkpoint_sha256": None,',
+           ("tests/test_embedding_cache.py::test_cache_key_follows_the_encoder_identity",)),
+    Mutant("cache labels shifted by one row", "nnunet_autosam/embedding_cache.py",
+           "return np.asarray(embeddings[row]), np.asarray(labels[row])",
+           "return np.asarray(embeddings[row]), np.asarray(labels[row - 1])",
+           ("tests/test_embedding_cache.py::"
+            "test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their_labels",)),
+    Mutant("cache --fold ignored (every case built)", "nnunet_autosam/embedding_cache.py",
+           'cases = sorted(splits[args.fold]["train"])', "cases = sorted(cases)",
+           ("tests/test_embedding_cache.py::test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lacks",)),
+    Mutant("mirroring forced on at prediction", "nnunet_autosam/trainer_base.py",
+           'if os.environ.get(MIRROR_TTA_ENV, "0").lower() not in ("1", "true", "t"):', "if False:",
+           ("tests/test_end_to_end.py::test_mirroring_at_prediction_is_off_by_default_and_on_with_the_variable",)),
+    Mutant("AutoSAM head's class tokens shared across classes", "nnunet_autosam/heads/autosam.py",
+           "tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)",
+           "tokens = self.class_tokens.weight[:1].unsqueeze(0).expand(b, self.class_tokens.num_embeddings, -1)",
+           ("tests/test_network.py::test_autosam_gives_each_class_its_own_token",)),
+    Mutant("cached training steps never update the head", "nnunet_autosam/trainer_base.py",
+           "            self.optimizer.step()\n        return", "        return",
+           ("tests/test_learning.py",)),
+    Mutant("lean checkpoint's hash check skipped", "nnunet_autosam/network.py",
+           'if not state.get("encoder_stored") and trained.get("checkpoint_sha256") != '
+           'self.identity["checkpoint_sha256"]:', "if False:",
+           ("tests/test_network.py::test_lean_state_dict_leaves_out_a_frozen_file_encoder_and_checks_its_hash",)),
+    Mutant("checkpoint input size not checked against the plans", "nnunet_autosam/network.py",
+           'for key in ("encoder_type", "input_size", "input_mapping"):', 'for key in ("encoder_type", "input_mapping"):',
+           ("tests/test_network.py::test_a_checkpoint_trained_at_another_input_size_is_refused",)),
+    Mutant("evaluation's HD95 computed in voxels instead of mm", "nnunet_autosam/evaluation.py",
+           "float(hd95(pred_mask, ref_mask, voxelspacing=spacing))", "float(hd95(pred_mask, ref_mask))",
+           ("tests/test_evaluation.py::test_shift_by_one_slice_along_z",)),
+]
+
+
+def copy_repository(target: Path) -> Path:
+    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv",
+                                                                ".pytest_cache"))
+    return target
+
+
+def pytest_run(copy: Path, tests) -> subprocess.CompletedProcess:
+    # No bytecode: a mutated and a restored file may share size and mtime, and a stale .pyc would be reused.
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1",
+               NNUNET_AUTOSAM_ACDC=str(acdc_root()))
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rfEs", *tests],
+                          cwd=copy, env=env, capture_output=True, text=True, timeout=RUN_LIMIT_S)
+
+
+def failed_tests(result: subprocess.CompletedProcess) -> list:
+    return re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.MULTILINE)
+
+
+def check_copy_is_imported(copy: Path) -> None:
+    """The copy's package, not an installed one, must be what the tests import."""
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    found = subprocess.run([sys.executable, "-c", "import nnunet_autosam.doctor as d; print(d.__file__); "
+                            "print(d.trainer_dir())"], cwd=copy, env=env, capture_output=True, text=True)
+    lines = found.stdout.split()
+    if found.returncode != 0 or not all(line.startswith(str(copy)) for line in lines):
+        sys.exit(f"the copy's package is not the one imported: {found.stdout}{found.stderr}")
+
+
+def apply(copy: Path, mutant: Mutant) -> str:
+    path = copy / mutant.file
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        sys.exit(f"mutant {mutant.name!r}: its old text occurs {original.count(mutant.old)} times in {mutant.file}, "
+                 f"not once: update the mutant")
+    path.write_text(original.replace(mutant.old, mutant.new))
+    return original
+
+
+def main(name_parts) -> int:
+    mutants = [m for m in MUTANTS if not name_parts or any(part in m.name for part in name_parts)]
+    with tempfile.TemporaryDirectory(prefix="nnunet_autosam_mutants_") as folder:
+        copy = copy_repository(Path(folder) / "repo")
+        check_copy_is_imported(copy)
+        for mutant in mutants:  # every mutant applies before any test runs
+            (copy / mutant.file).write_text(apply(copy, mutant))
+        tests = list(dict.fromkeys(test for mutant in mutants for test in mutant.tests))
+        baseline = pytest_run(copy, tests)
+        if baseline.returncode != 0 or re.search(r"\bskipped\b", baseline.stdout.splitlines()[-1]):
+            print(baseline.stdout[-4000:], baseline.stderr[-2000:])
+            print("the unmutated tests do not all pass: fix them first")
+            return 2
+        print(f"baseline: {baseline.stdout.strip().splitlines()[-1]}", flush=True)
+        caught = []
+        for mutant in mutants:
+            original = apply(copy, mutant)
+            try:
+                result = pytest_run(copy, mutant.tests)
+            finally:
+                (copy / mutant.file).write_text(original)
+            failed = failed_tests(result)
+            if result.returncode == 1 and failed:
+                caught.append(mutant)
+                print(f"caught  {mutant.name}: {failed[0]}", flush=True)
+            else:
+                print(f"MISSED  {mutant.name}: pytest exit {result.returncode}, "
+                      f"{result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]}",
+                      flush=True)
+    print(f"caught {len(caught)} of {len(mutants)}")
+    return 0 if len(caught) == len(mutants) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
