@@ -68,6 +68,13 @@ MUTANTS = [
     Mutant("checkpoint input size not checked against the plans", "nnunet_autosam/network.py",
            'for key in ("encoder_type", "input_size", "input_mapping"):', 'for key in ("encoder_type", "input_mapping"):',
            ("tests/test_network.py::test_a_checkpoint_trained_at_another_input_size_is_refused",)),
+    Mutant("embedding memo keyed without the tile", "nnunet_autosam/embedding_memo.py",
+           "digest.update(tile.tobytes())", "digest.update(b'')",
+           ("tests/test_end_to_end.py::test_train_and_predict_with_the_stock_cli[AutoSAMTrainer]",)),
+    Mutant("few-label runner redoes finished runs", "benchmarks/few_label_acdc.py",
+           'todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]', "todo = runs",
+           ("tests/test_few_label_runner.py::"
+            "test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",)),
     Mutant("evaluation's HD95 computed in voxels instead of mm", "nnunet_autosam/evaluation.py",
            "float(hd95(pred_mask, ref_mask, voxelspacing=spacing))", "float(hd95(pred_mask, ref_mask))",
            ("tests/test_evaluation.py::test_shift_by_one_slice_along_z",)),
