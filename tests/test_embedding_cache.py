@@ -39,7 +39,7 @@ def workspace(tmp_path_factory):
     # encoder ~25x slower than one (threads spinning against other load).
     ws = Workspace(root, SHORT_SCHEDULE, {"nnUNet_SAM_weights": str(weights), "OMP_NUM_THREADS": "1"})
     started = time.perf_counter()
-    plans = ws.prepare(source, PATIENTS, ["--encoder", "tiny", "--input-size", "128", "--batch-size", "2"])
+    plans = ws.prepare(source, ["--patients", *PATIENTS], ["--encoder", "tiny", "--input-size", "128", "--batch-size", "2"])
     assert plans == PLANS
     # Other encoder identities on the same preprocessed data: another input size, two different SAM files.
     ws.plugin("plans", "27", "--encoder", "tiny", "--input-size", "64", "--batch-size", "2")
