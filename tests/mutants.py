@@ -70,7 +70,7 @@ MUTANTS = [
            ("tests/test_network.py::test_a_checkpoint_trained_at_another_input_size_is_refused",)),
     Mutant("embedding memo keyed without the tile", "nnunet_autosam/embedding_memo.py",
            "digest.update(tile.tobytes())", "digest.update(b'')",
-           ("tests/test_end_to_end.py::test_train_and_predict_with_the_stock_cli[AutoSAMTrainer]",)),
+           ("tests/test_embedding_memo.py::test_each_tile_is_stored_once_and_read_back_as_computed",)),
     Mutant("few-label runner redoes finished runs", "benchmarks/few_label_acdc.py",
            'todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]', "todo = runs",
            ("tests/test_few_label_runner.py::"
