@@ -45,12 +45,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nnunet_autosam.atomic import atomic_path, write_json, write_text
-from nnunet_autosam.demo import DATASET_ID, SIMCLR_PRETRAINER, Workspace
+from nnunet_autosam.demo import DATASET_ID, STOCK_PLANS, Workspace
 from nnunet_autosam.embedding_cache import parse_shard
 from nnunet_autosam.embedding_memo import MEMO_ENV
 
 DATASET = "Dataset027_ACDC"
-STOCK_PLANS = "nnUNetPlans"
 
 
 @dataclass(frozen=True)
@@ -294,17 +293,16 @@ class Experiment:
         return ["--input-size", str(self.args.input_size)] if self.args.input_size else []
 
     def simclr_checkpoint(self) -> Path:
-        """SimCLR pretraining on every training image, once for all folds (its own run marker)."""
+        """SimCLR pretraining on every training image, once for all folds (its own run marker, counted as simclr's)."""
         marker = self.runs_dir / "simclr_pretraining.json"
         with exclusive(self.root / "simclr.lock"):
-            checkpoint = (self.root / "nnUNet_results" / DATASET / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
-                          / "fold_all" / "checkpoint_final.pth")
             if not marker.is_file():
                 start = time.perf_counter()
                 self.workspace.pretrain_simclr(self.args.device)
-                write_json({"run": "simclr_pretraining", "wall_s": round(time.perf_counter() - start, 1),
-                            "finished": now(), "machine": machine(), "device": self.args.device}, marker)
-        return checkpoint
+                write_json({"run": "simclr_pretraining", "method": "simclr", "fold": None,
+                            "wall_s": round(time.perf_counter() - start, 1), "finished": now(), "machine": machine(),
+                            "device": self.args.device}, marker)
+        return self.workspace.simclr_checkpoint
 
     def run_shard(self) -> None:
         with open(self.root / "invocations.log", "a", encoding="utf-8") as log:

@@ -98,11 +98,16 @@ class Workspace:
         self.run("nnUNetv2_train", DATASET_ID, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device,
                  *options)
 
+    @property
+    def simclr_checkpoint(self) -> Path:
+        """Where SimCLR pretraining leaves the checkpoint that the fine-tuning folds start from."""
+        return (self.root / "nnUNet_results" / "Dataset027_ACDC" / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
+                / "fold_all" / "checkpoint_final.pth")
+
     def pretrain_simclr(self, device: str) -> Path:
         """SimCLR pretraining on every training image (fold ``all``); returns the checkpoint to fine-tune from."""
         self.train(SIMCLR_PRETRAINER, "all", STOCK_PLANS, device)
-        return (self.root / "nnUNet_results" / "Dataset027_ACDC" / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
-                / "fold_all" / "checkpoint_final.pth")
+        return self.simclr_checkpoint
 
     def predict(self, images: Path, output: Path, trainer: str, fold: int, plans: str, device: str) -> None:
         self.run("nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", DATASET_ID, "-c", "2d",
