@@ -2,7 +2,8 @@
 on a test set that nothing was tuned on, from an ACDC folder to the published table.
 
     python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam               # every run, resumable
-    python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam --shard 0/3   # a third of the runs
+    python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam --shard 0/4   # a quarter of the runs
+    python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam --plan --shard 0/4   # each quarter's hours
     python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam --publish results/acdc_lite_medsam
     python benchmarks/few_label_acdc.py --output runs/acdc_gpu --device cuda --schedule full
 
@@ -24,7 +25,8 @@ Protocol, fixed before anything trains:
 
 Resumable: each run (train + predict one method on one fold) writes ``OUTPUT/runs/<run>.json`` when it has
 finished, and is never redone; an interrupted run is wiped and restarted. Shardable: ``--shard i/n`` takes a
-share of the runs balanced by their expected cost; shards may run at once on one output folder. ``--publish
+share of the runs balanced by their expected cost (``--plan`` prints each share and its expected hours on a
+2-core CPU: with the defaults, 4 shards of about 2 hours); shards may run at once on one output folder. ``--publish
 DIR`` scores whatever has finished and writes table.md, table.csv, plot.png, commands.md and timings.json.
 """
 
@@ -56,16 +58,21 @@ DATASET = "Dataset027_ACDC"
 class Method:
     trainer: str
     sam_plans: bool  # the encoder's plans; otherwise nnU-Net's own network
-    cpu_step_s: float  # seconds per training step at batch 4 on this project's 2-core CPU, for shard balancing
+    # Expected cost on this project's 2-core CPU, for shard balancing and --plan: seconds per training step at
+    # batch 4, and seconds per run besides the steps (start, final validation, predicting 20 test patients).
+    cpu_step_s: float
+    cpu_run_s: float
 
 
+# nnU-Net, AutoSAM and linear as measured by the cpu schedule's runs in results/acdc_lite_medsam (idle machine);
+# CNN and ft-all from single training steps (benchmarks/trainer_costs.py), their runs' rest estimated.
 METHODS = {
-    "nnunet": Method("nnUNetTrainerEnvSchedule", False, 2.4),
-    "autosam": Method("AutoSAMTrainer", True, 1.4),
-    "linear": Method("SAMLinearTrainer", True, 0.7),
-    "cnn": Method("SAMCNNTrainer", True, 17.0),
-    "ftall": Method("AutoSAMFullFTTrainer", True, 30.0),
-    "simclr": Method("nnUNetTrainerSimCLRFinetune", False, 2.4),
+    "nnunet": Method("nnUNetTrainerEnvSchedule", False, 1.7, 230),
+    "autosam": Method("AutoSAMTrainer", True, 0.65, 75),
+    "linear": Method("SAMLinearTrainer", True, 0.45, 50),
+    "cnn": Method("SAMCNNTrainer", True, 17.0, 600),
+    "ftall": Method("AutoSAMFullFTTrainer", True, 30.0, 900),
+    "simclr": Method("nnUNetTrainerSimCLRFinetune", False, 1.7, 230),
 }
 DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", "zero_shot")
 ZERO_SHOT = "zero_shot"
@@ -106,7 +113,8 @@ class Run:
     def cost(self, schedule: Schedule) -> float:
         if self.fold is None:
             return ZERO_SHOT_COST_S
-        return METHODS[self.method].cpu_step_s * (schedule.epochs or 1000) * (schedule.iterations or 250)
+        method = METHODS[self.method]
+        return method.cpu_step_s * (schedule.epochs or 1000) * (schedule.iterations or 250) + method.cpu_run_s
 
 
 @contextmanager
@@ -234,20 +242,27 @@ class Experiment:
                     runs.append(Run(method, fold["fold"]))
         return runs
 
-    def shard(self, runs: list) -> list:
-        """This shard's runs, assigned longest first to the least loaded shard.
+    def shard(self, runs: list, index: int = None) -> list:
+        """A shard's runs (this one's unless ``index`` is given), assigned longest first to the least loaded shard.
 
         Within a shard the runs under half an hour go first, fold by fold, so that the cheap comparison
-        (nnU-Net, AutoSAM, linear, zero-shot) of whole folds lands before the hours-long runs start.
+        (nnU-Net, AutoSAM, linear, zero-shot) of whole folds lands before the hours-long runs start; these then
+        go cheapest first, so that a shard stopped early leaves the most runs finished.
         """
-        index, count = parse_shard(self.args.shard)
+        own_index, count = parse_shard(self.args.shard)
+        index = own_index if index is None else index
         loads, assigned = [0.0] * count, [[] for _ in range(count)]
         for run in sorted(runs, key=lambda r: (-r.cost(self.schedule), r.name)):
             target = loads.index(min(loads))
             loads[target] += run.cost(self.schedule)
             assigned[target].append(run)
-        return sorted(assigned[index], key=lambda r: (r.cost(self.schedule) > LONG_RUN_S,
-                                                      -1 if r.fold is None else r.fold, r.cost(self.schedule)))
+        def order(run: Run) -> tuple:
+            cost = run.cost(self.schedule)
+            if cost > LONG_RUN_S:
+                return 1, cost, run.name
+            return 0, -1 if run.fold is None else run.fold, cost
+
+        return sorted(assigned[index], key=order)
 
     def trainer(self, method: str) -> str:
         if method == "nnunet" and self.schedule.epochs is None:
@@ -303,6 +318,18 @@ class Experiment:
                             "wall_s": round(time.perf_counter() - start, 1), "finished": now(), "machine": machine(),
                             "device": self.args.device}, marker)
         return self.workspace.simclr_checkpoint
+
+    def plan(self) -> None:
+        """Print every shard's runs and expected hours on this project's 2-core CPU; train nothing."""
+        self.prepare()
+        runs = self.all_runs()
+        _, count = parse_shard(self.args.shard)
+        for index in range(count):
+            share = self.shard(runs, index)
+            hours = sum(run.cost(self.schedule) for run in share) / 3600
+            done = sum((self.runs_dir / f"{run.name}.json").is_file() for run in share)
+            print(f"shard {index}/{count}: about {hours:.1f} h on a 2-core CPU, {done} of {len(share)} runs done: "
+                  + " ".join(run.name for run in share))
 
     def run_shard(self) -> None:
         with open(self.root / "invocations.log", "a", encoding="utf-8") as log:
@@ -402,6 +429,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, help="override the schedule's batch size")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--shard", default="0/1", help="i/n: this shard's share of the runs (default 0/1: all)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print how --shard i/n would split the runs (n from --shard) and each shard's expected "
+                             "hours on a 2-core CPU (trains nothing)")
     parser.add_argument("--publish", type=Path, metavar="DIR",
                         help="score the finished runs and write the table to DIR (trains nothing)")
     return parser.parse_args(argv)
@@ -412,6 +442,8 @@ def main(argv=None) -> None:
     experiment = Experiment(args)
     if args.publish:
         experiment.publish(args.publish.resolve())
+    elif args.plan:
+        experiment.plan()
     else:
         experiment.run_shard()
 

@@ -117,11 +117,25 @@ def test_shards_split_the_runs_without_overlap_and_by_cost(tmp_path):
     assert sorted(names) == sorted(run.name for run in runs) and len(set(names)) == len(names)
     costs = [sum(run.cost(experiment.schedule) for run in share) for share in shares]
     assert max(costs) < 1.5 * min(costs)
-    for share in shares:  # cheap runs first: no run over half an hour before a cheaper one
-        long_seen = False
-        for run in share:
-            long_seen |= run.cost(experiment.schedule) > module.LONG_RUN_S
-            assert not long_seen or run.cost(experiment.schedule) > module.LONG_RUN_S
+    for share in shares:  # cheap runs first: no run over half an hour before a cheaper one; then cheapest first
+        long_costs = [run.cost(experiment.schedule) for run in share
+                      if run.cost(experiment.schedule) > module.LONG_RUN_S]
+        assert [run.cost(experiment.schedule) > module.LONG_RUN_S for run in share] == \
+            sorted(run.cost(experiment.schedule) > module.LONG_RUN_S for run in share)
+        assert long_costs == sorted(long_costs)
+    whole = module.Experiment(module.parse_args(["--output", str(tmp_path / "unused")])).shard(runs)
+    assert [run.name for run in whole[-4:]] == ["cnn_fold0", "cnn_fold3", "ftall_fold0", "ftall_fold3"]
+
+
+def test_plan_lists_every_run_once_and_trains_nothing(experiment):
+    output, acdc, _ = experiment
+    before = sorted(path.name for path in (output / "runs").iterdir())
+    printed = runner("--acdc", str(acdc), "--output", str(output), *SMOKE, "--plan", "--shard", "0/2")
+    lines = [line for line in printed.splitlines() if line.startswith("shard ")]
+    assert [line.split(":")[0] for line in lines] == ["shard 0/2", "shard 1/2"]
+    planned = [name for line in lines for name in line.split(": ", 2)[2].split()]
+    assert sorted(planned) == sorted(name[:-len(".json")] for name in before)
+    assert sorted(path.name for path in (output / "runs").iterdir()) == before
 
 
 def test_test_from_puts_an_official_testing_folder_beside_training(tmp_path, monkeypatch):
