@@ -75,6 +75,10 @@ MUTANTS = [
            'todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]', "todo = runs",
            ("tests/test_few_label_runner.py::"
             "test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",)),
+    Mutant("few-label runner starts the hours-long runs fold by fold, not cheapest first",
+           "benchmarks/few_label_acdc.py",
+           "return 1, cost, run.name", "return 1, run.fold, cost",
+           ("tests/test_few_label_runner.py::test_shards_split_the_runs_without_overlap_and_by_cost",)),
     Mutant("evaluation's HD95 computed in voxels instead of mm", "nnunet_autosam/evaluation.py",
            "float(hd95(pred_mask, ref_mask, voxelspacing=spacing))", "float(hd95(pred_mask, ref_mask))",
            ("tests/test_evaluation.py::test_shift_by_one_slice_along_z",)),
