@@ -64,13 +64,13 @@ class Method:
     cpu_run_s: float
 
 
-# nnU-Net, AutoSAM and linear as measured by the cpu schedule's runs in results/acdc_lite_medsam (idle machine);
-# CNN and ft-all from single training steps (benchmarks/trainer_costs.py), their runs' rest estimated.
+# nnU-Net, AutoSAM, linear and CNN as measured by the cpu schedule's runs in results/acdc_lite_medsam (mostly
+# idle machine); ft-all estimated from single training steps, the rest of its run guessed.
 METHODS = {
     "nnunet": Method("nnUNetTrainerEnvSchedule", False, 1.7, 230),
     "autosam": Method("AutoSAMTrainer", True, 0.65, 75),
     "linear": Method("SAMLinearTrainer", True, 0.45, 50),
-    "cnn": Method("SAMCNNTrainer", True, 17.0, 600),
+    "cnn": Method("SAMCNNTrainer", True, 10.5, 1200),
     "ftall": Method("AutoSAMFullFTTrainer", True, 30.0, 900),
     "simclr": Method("nnUNetTrainerSimCLRFinetune", False, 1.7, 230),
 }
