@@ -121,10 +121,12 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
 
     predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-d", "27", "-c", "2d", "-tr", trainer,
                "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", *SEQUENTIAL]
+    if lean:  # the probabilities that the embedding memo's predictions must reproduce
+        predict.append("--save_probabilities")
     run(predict + ["-o", str(root / f"pred_{trainer}")], env)
     _check_predictions(root / "held_out", root / f"pred_{trainer}")
     if lean:
-        _check_embedding_memo_gives_the_same_labels(root, env, predict)
+        _check_embedding_memo_gives_the_same_labels(root, env, predict, root / f"pred_{trainer}")
         _check_resume_and_validation_only(env, trainer, plans, fold)
         _check_changed_sam_file_is_refused(root, env, predict)
 
@@ -133,17 +135,15 @@ def probabilities_of(folder):
     return {path.name: np.load(path)["probabilities"] for path in sorted(folder.glob("*.npz"))}
 
 
-def _check_embedding_memo_gives_the_same_labels(root, env, predict):
-    """AUTOSAM_EMBEDDING_MEMO: filled by one prediction, read by the next, the same output as without it.
+def _check_embedding_memo_gives_the_same_labels(root, env, predict, without_memo):
+    """AUTOSAM_EMBEDDING_MEMO: filled by one prediction, read by the next, the same output as ``without_memo``.
 
     Compared on the saved class probabilities (bit for bit), which a barely trained head's all-background
     labels could not show.
     """
-    predict = predict + ["--save_probabilities"]
     memo = root / "memo"
     memo_env = dict(env, AUTOSAM_EMBEDDING_MEMO=str(memo))
-    run(predict + ["-o", str(root / "pred_no_memo")], env)
-    expected = probabilities_of(root / "pred_no_memo")
+    expected = probabilities_of(without_memo)
     assert expected
     for attempt in ("fills", "reads"):
         run(predict + ["-o", str(root / f"pred_memo_{attempt}")], memo_env)
