@@ -64,14 +64,14 @@ class Method:
     cpu_run_s: float
 
 
-# nnU-Net, AutoSAM, linear and CNN as measured by the cpu schedule's runs in results/acdc_lite_medsam (mostly
-# idle machine); ft-all estimated from single training steps, the rest of its run guessed.
+# As measured by the cpu schedule's runs in results/acdc_lite_medsam (mostly idle machine; ft-all's steps from
+# its idle epochs, the rest of its run from its one run, which partly shared the CPU).
 METHODS = {
     "nnunet": Method("nnUNetTrainerEnvSchedule", False, 1.7, 230),
     "autosam": Method("AutoSAMTrainer", True, 0.65, 75),
     "linear": Method("SAMLinearTrainer", True, 0.45, 50),
     "cnn": Method("SAMCNNTrainer", True, 10.5, 1200),
-    "ftall": Method("AutoSAMFullFTTrainer", True, 30.0, 900),
+    "ftall": Method("AutoSAMFullFTTrainer", True, 20.0, 2000),
     "simclr": Method("nnUNetTrainerSimCLRFinetune", False, 1.7, 230),
 }
 DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", "zero_shot")
