@@ -37,6 +37,12 @@ STOCK_PLANS = "nnUNetPlans"
 RANDOM_ENCODERS = ("tiny",)
 
 
+# nnUNetv2_predict's sequential mode: each worker it would spawn re-imports nnU-Net (about 8 s on 2 cores), more
+# than overlapping saves on small volumes (measured here on 2 frames: 12 s sequential, 18 s with one worker
+# each, 28 s with the default three).
+SEQUENTIAL_PREDICTION = ("-npp", "0", "-nps", "0")
+
+
 def banner(encoder: str) -> str:
     """What the demo's numbers are worth: a random encoder shows plumbing, a real one a (short) experiment."""
     if encoder in RANDOM_ENCODERS:
@@ -110,12 +116,9 @@ class Workspace:
         return self.simclr_checkpoint
 
     def predict(self, images: Path, output: Path, trainer: str, fold: int, plans: str, device: str) -> None:
-        """nnUNetv2_predict in nnU-Net's sequential mode (-npp 0 -nps 0): each worker it would spawn re-imports
-        nnU-Net (about 8 s on 2 cores), more than overlapping saves on these small volumes (measured here on
-        2 frames: 12 s sequential, 18 s with one worker each, 28 s with the default three)."""
         self.run("nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", DATASET_ID, "-c", "2d",
                  "-tr", trainer, "-p", plans, "-f", str(fold), "-device", device, "--disable_tta",
-                 "-npp", "0", "-nps", "0")
+                 *SEQUENTIAL_PREDICTION)
 
 
 def acdc_patients(acdc_dir: Path, count: int) -> list:

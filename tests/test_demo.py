@@ -25,8 +25,8 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
     interpreter_folder = str(Path(sys.executable).parent)
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != interpreter_folder)
     result = subprocess.run([sys.executable, "-m", "nnunet_autosam.cli", "demo", "--output", str(output),
-                             "--patients", "3", "--labelled", "1", "--epochs", "1", "--iters", "2", "--encoder", ENCODER,
-                             "--input-size", "128"],
+                             "--patients", "3", "--labelled", "1", "--epochs", "1", "--iters", "2",
+                             "--encoder", ENCODER, "--input-size", "128"],
                             capture_output=True, text=True, env=dict(os.environ, PATH=path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.startswith(banner(ENCODER))

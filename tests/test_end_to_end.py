@@ -23,7 +23,7 @@ from nnunetv2.run.run_training import get_trainer_from_args
 
 from conftest import acdc_root
 from nnunet_autosam.conversion import convert_acdc
-from nnunet_autosam.demo import nnunet_command
+from nnunet_autosam.demo import SEQUENTIAL_PREDICTION, nnunet_command
 from nnunet_autosam.doctor import trainer_dir
 from nnunet_autosam.synthetic import write_synthetic_acdc
 from nnunet_autosam.trainer_base import MIRROR_TTA_ENV
@@ -32,9 +32,6 @@ from sam_files import write_sam_checkpoint
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
 HELD_OUT = "patient081"
 SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
-# nnU-Net's sequential prediction: no worker processes, each of which would re-import nnU-Net (~8 s) for two
-# small frames. The lite_medsam test predicts with nnUNetv2_predict's default workers, as a user runs it.
-SEQUENTIAL = ["-npp", "0", "-nps", "0"]
 
 
 def run(command, env, check=True):
@@ -120,7 +117,7 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     assert (fold / "validation" / "summary.json").is_file()
 
     predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-d", "27", "-c", "2d", "-tr", trainer,
-               "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", *SEQUENTIAL]
+               "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", *SEQUENTIAL_PREDICTION]
     if lean:  # the probabilities that the embedding memo's predictions must reproduce
         predict.append("--save_probabilities")
     run(predict + ["-o", str(root / f"pred_{trainer}")], env)
@@ -291,7 +288,8 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     members = [tmp_path / f"test_{trainer}" for trainer in trainers]
     for trainer, member in zip(trainers, members):
         run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(member), "-d", "27", "-c", "2d", "-tr", trainer,
-             "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities", *SEQUENTIAL], env)
+             "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities",
+             *SEQUENTIAL_PREDICTION], env)
     run(["nnUNetv2_ensemble", "-i", *map(str, members), "-o", str(tmp_path / "test_ensemble"), "-np", "1"], env)
     _check_predictions(test_images, tmp_path / "test_ensemble")
     for prediction in sorted((tmp_path / "test_ensemble").glob("*.nii.gz")):
@@ -326,5 +324,5 @@ def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace, t
     test_images = _one_held_out_frame(workspace, tmp_path)  # a patient never trained on
     predict = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(tmp_path / "predictions"), "-d", "27",
                "-c", "2d", "-tr", "AutoSAMTrainer", "-p", plans, "-f", "0", "-device", "cpu"]
-    run(predict, env)  # nnUNetv2_predict's default worker processes, as a user runs it
+    run(predict, env)  # nnUNetv2_predict's default worker processes, as a user runs it (the others run sequentially)
     _check_predictions(test_images, tmp_path / "predictions")
