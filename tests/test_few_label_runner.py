@@ -95,6 +95,7 @@ def test_publish_writes_a_numeric_row_per_method(experiment, tmp_path):
     table = (published / "table.md").read_text()
     assert "every trained method 1 x 2 iterations at batch 4" in table
     assert str(output) not in table
+    assert "## Claims at 1 labelled patient, as measured" in table
     assert (published / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     commands = (published / "commands.md").read_text()
     assert "nnunet-autosam convert-acdc" in commands and "--holdout 1" in commands
@@ -125,6 +126,25 @@ def test_shards_split_the_runs_without_overlap_and_by_cost(tmp_path):
         assert long_costs == sorted(long_costs)
     whole = module.Experiment(module.parse_args(["--output", str(tmp_path / "unused")])).shard(runs)
     assert [run.name for run in whole[-4:]] == ["cnn_fold0", "cnn_fold3", "ftall_fold0", "ftall_fold3"]
+
+
+@pytest.mark.parametrize("autosam, nnunet, verdicts", [
+    ("37.7", "3.9", ("**fails** (37.7 over 3 of 3 seeds)", "holds (37.7 against 3.9)")),
+    ("39.0", "45.2", ("holds (39.0 over 3 of 3 seeds)", "**fails** (39.0 against 45.2)")),
+])
+def test_the_table_says_whether_each_claim_holds(tmp_path, autosam, nnunet, verdicts):
+    module = load_runner()
+    experiment = module.Experiment(module.parse_args(["--output", str(tmp_path / "unused")]))
+    report = tmp_path / "report.csv"
+    rows = [("1", "nnUNetTrainerEnvSchedule__nnUNetPlans_batch4__2d", nnunet),
+            ("1", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", autosam),
+            ("5", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", "70.9")]
+    report.write_text("budget,folder,n_seeds,mean_Dice_mean\n" + "".join(f"{b},{f},3,{d}\n" for b, f, d in rows))
+    lines = experiment.claims(report).splitlines()
+    assert lines[0] == "## Claims at 1 labelled patient, as measured"
+    assert lines[2].endswith(f"at least 39: {verdicts[0]}") and lines[3].endswith(verdicts[1])
+    report.write_text("budget,folder,n_seeds,mean_Dice_mean\n" + "".join(f"{b},{f},3,{d}\n" for b, f, d in rows[1:]))
+    assert "Not measured" in experiment.claims(report)
 
 
 def test_plan_lists_every_run_once_and_trains_nothing(experiment):
