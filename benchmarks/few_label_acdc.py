@@ -15,7 +15,7 @@ Protocol, fixed before anything trains:
 - methods: stock nnU-Net 2d, AutoSAM, SAM encoder + linear, SAM encoder + CNN, AutoSAM (ft all), all on one
   encoder (``lite_medsam`` by default), zero-shot SAM with oracle boxes, and optionally the SimCLR baseline;
 - schedule: every trained method gets the same iterations and batch size. ``cpu`` (default): 10 epochs x 20
-  iterations at batch 4, sized so that the dearest run (training the encoder, about 20 s per step on 2 cores)
+  iterations at batch 4, sized so that the dearest run (training the encoder, about 14 s per step on 2 cores)
   fits in 2 hours; CNN and ft-all train on seed 0 only. ``full``: nnU-Net's own 1000 x 250 iterations at
   nnU-Net's planned 2d batch size, every method on every seed (for a GPU);
 - the frozen-encoder heads train from the embedding cache (each slice's encoder pass paid once); test
@@ -26,7 +26,7 @@ Protocol, fixed before anything trains:
 Resumable: each run (train + predict one method on one fold) writes ``OUTPUT/runs/<run>.json`` when it has
 finished, and is never redone; an interrupted run is wiped and restarted. Shardable: ``--shard i/n`` takes a
 share of the runs balanced by their expected cost (``--plan`` prints each share and its expected hours on a
-2-core CPU: with the defaults, 4 shards of about 2 hours); shards may run at once on one output folder. ``--publish
+2-core CPU: with the defaults, 4 shards of about 1.5 hours); shards may run at once on one output folder. ``--publish
 DIR`` scores whatever has finished and writes table.md, table.csv, plot.png, commands.md and timings.json.
 """
 
@@ -65,14 +65,14 @@ class Method:
     cpu_run_s: float
 
 
-# As measured by the cpu schedule's runs in results/acdc_lite_medsam (mostly idle machine; ft-all's steps from
-# its idle epochs, the rest of its run from its one run, which partly shared the CPU).
+# As measured by the cpu schedule's runs in results/acdc_lite_medsam (mostly idle machine; ft-all from
+# its fold-3 run, which had the CPU to itself).
 METHODS = {
     "nnunet": Method("nnUNetTrainerEnvSchedule", False, 1.7, 230),
     "autosam": Method("AutoSAMTrainer", True, 0.65, 75),
     "linear": Method("SAMLinearTrainer", True, 0.45, 50),
     "cnn": Method("SAMCNNTrainer", True, 10.5, 1200),
-    "ftall": Method("AutoSAMFullFTTrainer", True, 20.0, 2000),
+    "ftall": Method("AutoSAMFullFTTrainer", True, 14.0, 1700),
     "simclr": Method("nnUNetTrainerSimCLRFinetune", False, 1.7, 230),
 }
 DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", "zero_shot")
