@@ -1,6 +1,8 @@
-"""What makes a frozen SAM-family encoder cheap: our network against the upstream modules, measured in one run.
+"""What makes a frozen SAM-family encoder cheap: our network against the upstream modules, and fp32 against
+bf16 on the CPU, measured in one run.
 
     python benchmarks/speed.py [--encoder vit_b|lite_medsam|...] [--input-size N] [--steps 5] [--quick]
+                               [--skip-reference] [--skip-prediction]
 
 --quick: input 256 and 3 timed steps (minutes on a 2-core CPU). Without it: input 1024 for SAM's ViTs
 (meant for a GPU); lite_medsam always runs at 256. The weights: lite_medsam, the real file that
@@ -31,10 +33,19 @@ mirroring off (the SAM trainers' default) and on, for the reference and our netw
 PlainConvUNet from an ACDC-like 2d plans entry. A random volume stands in where the ACDC file is absent.
 
 Outputs are checked to match: the embedding within 1e-4 of the reference's largest magnitude, the head's
-logits (on the same embedding) within 1e-4, the predicted volume's logits within 5e-3 (nnU-Net's predictor
-sums the tiles in float16), and the share of voxels given the same label is printed. The last line is
+logits (on the same embedding) within 1e-4, and in the prediction of the volume each tile's embedding and
+logits, as the network returned them to the predictor, within 1e-4. The predictor's own output is
+compared but not checked: it sums the tiles in float16, and with random weights the logits are ~4e-4,
+so near a tile's border, where the Gaussian weight falls to ~2e-6, logit x weight is an fp16 subnormal
+(step 2^-24) and the output is quantised to steps of 2^-24 / weight: logits that agree to 1e-6 come out
+a step (up to ~3e-2 of the largest logit) apart at a rounding tie. The last line is
 ``speedups: encoder=X autosam_step=Y predict=Z``: reference time over ours for the encoder's images/s, the
-training step from cached embeddings, and the prediction of one volume without mirroring.
+training step from cached embeddings, and the prediction of one volume without mirroring. This part runs
+in fp32 (AUTOSAM_CPU_BF16=0) on a CPU: it compares code paths, not precisions.
+
+On a CPU, benchmarks/cpu_bf16.py then times every path in fp32 against bf16 autocast (its docstring says
+how) and the last line is ``bf16: encoder=A nnunet_step=B cnn_step=C autosam_step=D predict=E ...``: fp32
+time over bf16 time, measured in the same run.
 """
 
 import argparse
@@ -51,7 +62,6 @@ PATCH = (256, 224)
 NUM_CLASSES = 4
 ENCODER_TOLERANCE = 1e-4  # relative to the reference's largest magnitude, fp32
 LOGIT_TOLERANCE = 1e-4
-PREDICTION_TOLERANCE = 5e-3  # nnUNetPredictor accumulates the tiles' logits in float16 (~1e-3 relative)
 ACDC_VOLUME = Path(os.environ.get("NNUNET_AUTOSAM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc")) \
     / "training/patient001/patient001_frame01.nii.gz"
 UNET_2D_ACDC = {
@@ -290,14 +300,9 @@ def _acdc_like_volume():
     return volume[None], source
 
 
-def measure_prediction(args) -> dict:
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+def _acdc_like_plans():
+    """(plans manager, 2d configuration manager, dataset.json) of an ACDC-like nnU-Net 2d configuration."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    device = torch.device(args.device)
-    volume, source = _acdc_like_volume()
     configuration = {"data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor",
                      "batch_size": 12, "patch_size": list(PATCH), "spacing": [1.5625, 1.5625],
                      "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
@@ -309,14 +314,24 @@ def measure_prediction(args) -> dict:
              "transpose_backward": [0, 1, 2], "configurations": {"2d": configuration}}
     dataset_json = {"labels": {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}, "channel_names": {"0": "cineMRI"}}
     plans_manager = PlansManager(plans)
-    configuration_manager = plans_manager.get_configuration("2d")
-    unet = get_network_from_plans(configuration["architecture"]["network_class_name"], UNET_2D_ACDC,
-                                  configuration["architecture"]["_kw_requires_import"], 1, NUM_CLASSES,
+    return plans_manager, plans_manager.get_configuration("2d"), dataset_json
+
+
+def measure_prediction(args) -> dict:
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    device = torch.device(args.device)
+    volume, source = _acdc_like_volume()
+    plans_manager, configuration_manager, dataset_json = _acdc_like_plans()
+    unet = get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet", UNET_2D_ACDC,
+                                  ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, NUM_CLASSES,
                                   allow_init=True, deep_supervision=False)
     ours, reference = _networks(args, device)
     results = {"volume": source, "shape": list(volume.shape)}
     data = torch.from_numpy(volume)
-    logits = {}
+    logits, tiles = {}, {}
     runs = [("nnU-Net 2d PlainConvUNet", unet, m) for m in (False, True)]
     runs += [(name, net, m) for m in (False, True) for name, net in (("reference", reference), ("ours", ours))]
     for name, network, mirroring in runs:
@@ -326,24 +341,47 @@ def measure_prediction(args) -> dict:
         predictor.manual_initialization(network, plans_manager, configuration_manager, None, dataset_json,
                                         "benchmark", (0, 1))
         predictor.predict_sliding_window_return_logits(data[:, :1])  # warm-up on one slice
+        compared = not mirroring and name in ("reference", "ours")
+        seen = tiles[name] = {"logits": [], "embedding": []}  # each tile as the network gave it to the predictor
+        hooks = [network.register_forward_hook(lambda m, i, output: seen["logits"].append(output.detach().cpu())),
+                 network.encoder.register_forward_hook(
+                     lambda m, i, output: seen["embedding"].append(output.detach().float().cpu()))] if compared else []
         _sync(device)
         start = time.perf_counter()
         output = predictor.predict_sliding_window_return_logits(data)
         _sync(device)
         results[f"{name} | mirroring {'on' if mirroring else 'off'}"] = time.perf_counter() - start
-        if not mirroring and name in ("reference", "ours"):
+        for hook in hooks:
+            hook.remove()
+        if compared:
             logits[name] = output.float().cpu()
-    results["logit_error"] = _relative_error(logits["reference"], logits["ours"])
+    for part in ("embedding", "logits"):
+        reference_tiles, our_tiles = tiles["reference"][part], tiles["ours"][part]
+        if len(reference_tiles) != len(our_tiles):
+            raise RuntimeError(f"the reference ran {len(reference_tiles)} tiles, ours {len(our_tiles)}")
+        results[f"tile_{part}_error"] = _relative_error(torch.cat(reference_tiles), torch.cat(our_tiles))
+    results["output_error"] = _relative_error(logits["reference"], logits["ours"])
     results["labels_equal"] = (logits["reference"].argmax(0) == logits["ours"].argmax(0)).float().mean().item()
     results["peak_gb"] = _peak_gb(device)
     return results
+
+
+def measure_bf16(args) -> dict:
+    """benchmarks/cpu_bf16.py's paths, on this file's patch, classes, volume and plans."""
+    import cpu_bf16
+    args.patch, args.num_classes, args.unet_arch = PATCH, NUM_CLASSES, UNET_2D_ACDC
+    args.volume = _acdc_like_volume()[0]
+    args.plans_manager, args.configuration_manager, args.dataset_json = _acdc_like_plans()
+    return cpu_bf16.measure(args)
 
 
 def _run_one(what: str, args) -> dict:
     command = [sys.executable, __file__, "--one", what, "--weights", args.weights, "--workdir", args.workdir,
                "--encoder", args.encoder, "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
                "--steps", str(args.steps), "--encoder-reps", str(args.encoder_reps), "--device", args.device]
-    output = subprocess.run(command, capture_output=True, text=True)
+    # Ours against the reference is a comparison of code paths at one precision, fp32; "bf16" switches it itself.
+    environment = dict(os.environ, AUTOSAM_CPU_BF16=os.environ.get("AUTOSAM_CPU_BF16", "auto") if what == "bf16" else "0")
+    output = subprocess.run(command, capture_output=True, text=True, env=environment)
     if output.returncode:
         sys.exit(f"{what} failed:\n{output.stderr[-3000:]}")
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -358,6 +396,8 @@ def main() -> None:
     parser.add_argument("--encoder-reps", type=int, default=None, help="timed encoder passes (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="input 256 and few steps: minutes on a CPU")
     parser.add_argument("--skip-prediction", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true",
+                        help="only the fp32 / bf16 comparison (CPU), not ours against the upstream modules")
     parser.add_argument("--device", default=None, help="cuda where available, else cpu")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -368,7 +408,7 @@ def main() -> None:
     args.encoder_reps = args.encoder_reps or (3 if args.quick else 5)
     if args.one:
         result = (measure_prediction(args) if args.one == "predict" else measure_timing(args) if args.one == "time"
-                  else measure_memory(args.one, args))
+                  else measure_bf16(args) if args.one == "bf16" else measure_memory(args.one, args))
         print(json.dumps(result))
         return
 
@@ -389,36 +429,49 @@ def main() -> None:
         args.workdir = folder
         args.weights = str(write_sam_checkpoint(Path(folder) / "sam_random.pth",
                                                 "vit_b" if args.encoder in ("tiny", "lite_medsam") else args.encoder))
-        timing = _run_one("time", args)
-        print(f"\n| variant | s / iteration (best of {args.steps}) | encoder images / s | {memory} |\n|---|---|---|---|")
-        for variant, label in VARIANTS.items():
-            peak = _run_one(variant, args)["peak_gb"]
-            images = f"{timing['images_per_s'][variant]:.2f}" if variant in timing["images_per_s"] else "-"
-            print(f"| {label} | {timing['s_per_iter'][variant]:.3f} | {images} | {peak:.2f} |", flush=True)
-        match = timing["match"]
-        ok = match["encoder_error"] <= ENCODER_TOLERANCE and match["head_error"] <= LOGIT_TOLERANCE
-        print(f"\nmatch: embedding max error {match['encoder_error']:.2e}, head logits {match['head_error']:.2e} "
-              f"(relative to the reference's largest value): {'ok' if ok else 'MISMATCH'}")
-        predict_speedup = float("nan")
-        if not args.skip_prediction:
-            p = _run_one("predict", args)
-            print(f"\nprediction of one volume ({p['volume']}, shape {p['shape']}, nnUNetPredictor sliding window, "
-                  f"patch {PATCH[0]}x{PATCH[1]}, step 0.5); {memory} {p['peak_gb']:.2f}\n"
-                  f"| network | mirroring off (s) | mirroring on (s) |\n|---|---|---|")
-            for name in ("nnU-Net 2d PlainConvUNet", "reference", "ours"):
-                print(f"| {name} | {p[f'{name} | mirroring off']:.2f} | {p[f'{name} | mirroring on']:.2f} |")
-            print(f"match: predicted logits max error {p['logit_error']:.2e}, labels equal in "
-                  f"{100 * p['labels_equal']:.3f}% of voxels")
-            ok = ok and p["logit_error"] <= PREDICTION_TOLERANCE
-            predict_speedup = p["reference | mirroring off"] / p["ours | mirroring off"]
-        seconds = timing["s_per_iter"]
-        print(f"training step, encoder every step: ours {seconds['a'] / seconds['b']:.2f}x the reference; "
-              f"from the cache {seconds['a'] / seconds['c']:.1f}x")
-        if not ok:
-            sys.exit("outputs do not match the reference: see the match lines above")
-        print(f"speedups: encoder={timing['images_per_s']['b'] / timing['images_per_s']['a']:.2f} "
-              f"autosam_step={seconds['c_ref'] / seconds['c']:.2f} predict={predict_speedup:.2f}")
+        problem = None if args.skip_reference else compare_with_reference(args, memory)
+        if args.device == "cpu":
+            import cpu_bf16
+            line = cpu_bf16.print_report(_run_one("bf16", args), args.batch_size)
+        if problem:
+            sys.exit(problem)
+        if args.device == "cpu":
+            print(line)
 
+
+def compare_with_reference(args, memory: str):
+    """Ours against the upstream modules: the tables, the match lines and the ``speedups:`` line; a problem or None."""
+    timing = _run_one("time", args)
+    print(f"\n| variant | s / iteration (best of {args.steps}) | encoder images / s | {memory} |\n|---|---|---|---|")
+    for variant, label in VARIANTS.items():
+        peak = _run_one(variant, args)["peak_gb"]
+        images = f"{timing['images_per_s'][variant]:.2f}" if variant in timing["images_per_s"] else "-"
+        print(f"| {label} | {timing['s_per_iter'][variant]:.3f} | {images} | {peak:.2f} |", flush=True)
+    match = timing["match"]
+    ok = match["encoder_error"] <= ENCODER_TOLERANCE and match["head_error"] <= LOGIT_TOLERANCE
+    print(f"\nmatch: embedding max error {match['encoder_error']:.2e}, head logits {match['head_error']:.2e} "
+          f"(relative to the reference's largest value): {'ok' if ok else 'MISMATCH'}")
+    predict_speedup = float("nan")
+    if not args.skip_prediction:
+        p = _run_one("predict", args)
+        print(f"\nprediction of one volume ({p['volume']}, shape {p['shape']}, nnUNetPredictor sliding window, "
+              f"patch {PATCH[0]}x{PATCH[1]}, step 0.5); {memory} {p['peak_gb']:.2f}\n"
+              f"| network | mirroring off (s) | mirroring on (s) |\n|---|---|---|")
+        for name in ("nnU-Net 2d PlainConvUNet", "reference", "ours"):
+            print(f"| {name} | {p[f'{name} | mirroring off']:.2f} | {p[f'{name} | mirroring on']:.2f} |")
+        tiles_ok = p["tile_embedding_error"] <= ENCODER_TOLERANCE and p["tile_logits_error"] <= LOGIT_TOLERANCE
+        print(f"match: the volume's tiles: embedding max error {p['tile_embedding_error']:.2e}, logits "
+              f"{p['tile_logits_error']:.2e}: {'ok' if tiles_ok else 'MISMATCH'}; the predictor's float16 output "
+              f"{p['output_error']:.2e} (not checked, see the docstring), labels equal in "
+              f"{100 * p['labels_equal']:.3f}% of voxels")
+        ok = ok and tiles_ok
+        predict_speedup = p["reference | mirroring off"] / p["ours | mirroring off"]
+    seconds = timing["s_per_iter"]
+    print(f"training step, encoder every step: ours {seconds['a'] / seconds['b']:.2f}x the reference; "
+          f"from the cache {seconds['a'] / seconds['c']:.1f}x")
+    print(f"speedups: encoder={timing['images_per_s']['b'] / timing['images_per_s']['a']:.2f} "
+          f"autosam_step={seconds['c_ref'] / seconds['c']:.2f} predict={predict_speedup:.2f}", flush=True)
+    return None if ok else "outputs do not match the reference: see the match lines above"
 
 if __name__ == "__main__":
     main()

@@ -69,9 +69,21 @@ def check_accelerator() -> tuple:
                   "SAM's ViTs want a GPU")
 
 
+def check_cpu_precision() -> tuple:
+    import torch
+
+    from nnunet_autosam.errors import InputError
+    from nnunet_autosam.precision import CPU_BF16_ENV, describe
+    try:
+        line = describe(torch.device("cpu"))
+    except InputError as error:
+        return False, str(error)
+    return True, line + ("" if os.environ.get(CPU_BF16_ENV) else f" ({CPU_BF16_ENV}=0 for fp32)")
+
+
 def run_doctor(args) -> int:
     checks = [check_nnunet_version(), check_trainer_variable(), *check_nnunet_folders(), *check_weights(),
-              check_accelerator()]
+              check_accelerator(), check_cpu_precision()]
     for ok, line in checks:
         print(f"[{ {True: 'ok', False: 'FIX', None: '--'}[ok] }] {line}")
     print("Data: `nnunet-autosam verify DATASET` checks every file of a raw dataset (complete, on one grid, "

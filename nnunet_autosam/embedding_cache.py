@@ -24,8 +24,9 @@ Layout, under the dataset's preprocessed folder::
         cases/<case>/case.json        completion marker: counts, source signature, exact file sizes
 
 The key is a SHA-256 over: cache format version, the encoder identity (type, input size, input
-mapping, embedding width, checkpoint file SHA-256), the preprocessing data identifier, the patch
-size, the mode and K (and the nnU-Net version for views, whose transforms may change with it). Any
+mapping, embedding width, checkpoint file SHA-256), the precision the encoder ran in (fp32, or bf16
+under autocast: nnunet_autosam.precision), the preprocessing data identifier, the patch size, the
+mode and K (and the nnU-Net version for views, whose transforms may change with it). Any
 change gives a new folder. All cases of the dataset can be cached (so every fold shares one
 cache); training needs only the cases of its fold.
 
@@ -59,6 +60,7 @@ from nnunet_autosam.atomic import atomic_path, write_json
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.network import build_sam_network
 from nnunet_autosam.nnunet_paths import preprocessed_folder
+from nnunet_autosam.precision import embedding_precision
 from nnunet_autosam.settings import CACHE_ENV, CacheMode, EncoderSettings, parse_mode
 
 FORMAT_VERSION = 1
@@ -171,7 +173,7 @@ def training_view_sampler(trainer_class, dataset, configuration_manager, label_m
 
 # ------------------------------------------------------------------------------------------------ cache
 
-def cache_key_fields(identity: dict, data_identifier: str, patch_size, mode: CacheMode) -> dict:
+def cache_key_fields(identity: dict, data_identifier: str, patch_size, mode: CacheMode, precision: str) -> dict:
     fields = {
         "format": FORMAT_VERSION,
         "encoder_type": identity["encoder_type"],
@@ -179,6 +181,7 @@ def cache_key_fields(identity: dict, data_identifier: str, patch_size, mode: Cac
         "input_mapping": identity["input_mapping"],
         "embedding_dim": int(identity["embedding_dim"]),
         "checkpoint_sha256": identity.get("checkpoint_sha256"),
+        "precision": precision,
         "data_identifier": data_identifier,
         "patch_size": [int(p) for p in patch_size],
         "mode": mode.kind,
@@ -223,14 +226,14 @@ class EmbeddingCache:
     """One cache folder (one key) for one preprocessed dataset configuration."""
 
     def __init__(self, preprocessed_base, identity: dict, data_identifier: str, patch_size, mode: CacheMode,
-                 dataset, view_sampler: Optional[ViewSampler] = None):
+                 dataset, view_sampler: Optional[ViewSampler] = None, *, precision: str):
         if not mode.enabled:
             raise ValueError("EmbeddingCache needs a cache mode")
         if mode.kind == "cache_views" and view_sampler is None:
             raise ValueError("cache_views needs a view sampler")
         self.mode = mode
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.fields = cache_key_fields(identity, data_identifier, patch_size, mode)
+        self.fields = cache_key_fields(identity, data_identifier, patch_size, mode, precision)
         self.key = cache_key(self.fields)
         name = f"{mode.kind}{mode.views if mode.kind == 'cache_views' else ''}_{identity['encoder_type']}_" \
                f"{int(identity['input_size'])}_{self.key[:16]}"
@@ -495,7 +498,8 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
         sampler = training_view_sampler(nnUNetTrainer, data, configuration_manager,
                                         label_manager, oversample_foreground_percent=0.33)
     cache = EmbeddingCache(base, network.identity, configuration_manager.data_identifier,
-                           configuration_manager.patch_size, mode, data, sampler)
+                           configuration_manager.patch_size, mode, data, sampler,
+                           precision=embedding_precision(torch.device(device)))
     return cache, network, cases
 
 

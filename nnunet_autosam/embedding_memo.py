@@ -5,7 +5,8 @@ and again, and the encoder is nearly all of a prediction's cost (about a second 
 LiteMedSAM on a CPU). With the variable set, each tile's embedding is stored once in DIR and read back
 by every later prediction, of any head or fold, that sees the same tile.
 
-The key is a SHA-256 over the encoder identity (type, input size, input mapping, weights file hash)
+The key is a SHA-256 over the encoder identity (type, input size, input mapping, weights file hash),
+the precision the encoder runs in on this device (fp32, or bf16 under autocast: nnunet_autosam.precision)
 and the exact input tile (dtype, shape, bytes); the embedding is stored in fp32 as computed. A hit
 therefore returns exactly what the encoder would compute, so predictions are the same labels as
 without the memo (tested through nnUNetv2_predict). Only a frozen encoder loaded from a weights file
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from nnunet_autosam.atomic import atomic_path
+from nnunet_autosam.precision import embedding_precision
 
 MEMO_ENV = "AUTOSAM_EMBEDDING_MEMO"
 
@@ -41,7 +43,7 @@ class EmbeddingMemo:
     def key(self, x: torch.Tensor) -> str:
         tile = x.detach().cpu().contiguous().numpy()
         digest = hashlib.sha256(self.identity)
-        digest.update(f"{tile.dtype}{tile.shape}".encode())
+        digest.update(f"{embedding_precision(x.device)}|{tile.dtype}{tile.shape}".encode())
         digest.update(tile.tobytes())
         return digest.hexdigest()
 

@@ -8,8 +8,9 @@ differs from the one the head was trained on. A trainable encoder, or one with n
 is stored like any other weights.
 
 The encoder's family (nnunet_autosam.encoders) builds it, maps the input, and says how big its
-embedding grid is. On CUDA the encoder runs under bf16 autocast (its output is cast back to fp32
-for the head); on CPU it stays fp32. The whole batch goes through the encoder in one call.
+embedding grid is. The encoder runs under bf16 autocast on CUDA and on a CPU with bf16 units (its
+output is cast back to fp32 for the head; see nnunet_autosam/precision.py), and so does the head on
+such a CPU (its logits come back in fp32). The whole batch goes through the encoder in one call.
 With ``AUTOSAM_EMBEDDING_MEMO`` set, a frozen encoder's eval-mode embeddings are remembered on disk
 across predictions (nnunet_autosam.embedding_memo).
 """
@@ -20,12 +21,13 @@ from torch import nn
 
 from nnunet_autosam import encoders
 from nnunet_autosam.embedding_memo import EmbeddingMemo
-from nnunet_autosam.encoders.base import EMBEDDING_DIM, autocast_dtype, file_sha256, load_sam_state_dict
+from nnunet_autosam.encoders.base import EMBEDDING_DIM, file_sha256, load_sam_state_dict
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.heads.autosam import AutoSAMHead
 from nnunet_autosam.heads.cnn import CNNHead
 from nnunet_autosam.heads.fast_layers import use_fast_layers
 from nnunet_autosam.heads.linear import LinearHead
+from nnunet_autosam.precision import cpu_autocast, encoder_dtype
 from nnunet_autosam.settings import EncoderSettings
 
 HEADS = ("autosam", "cnn", "linear")
@@ -77,10 +79,11 @@ class SAMSegmentationNetwork(nn.Module):
         return self.encode(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the encoder. On CUDA under bf16 autocast (fp16 where the GPU lacks bf16), overriding
-        nnU-Net's fp16 autocast for the ViT only; on CPU in fp32.
+        """Run the encoder under autocast to ``precision.encoder_dtype``: on CUDA bf16 (fp16 where the GPU
+        lacks bf16), overriding nnU-Net's fp16 autocast for the ViT only; on a CPU bf16 where it has bf16
+        units and $AUTOSAM_CPU_BF16 allows, else fp32.
         """
-        dtype = autocast_dtype(x.device)
+        dtype = encoder_dtype(x.device)
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             mapped = self.input_mapping(x.float())
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
@@ -88,8 +91,10 @@ class SAMSegmentationNetwork(nn.Module):
         return embedding.float()
 
     def segment(self, embedding: torch.Tensor, size) -> torch.Tensor:
-        """The head's logits (at a quarter of the input size) resized to the patch size ``size``."""
-        return F.interpolate(self.head(embedding), size=size, mode="bilinear", align_corners=False)
+        """The head's logits (at a quarter of the input size) resized to the patch size ``size``, in fp32."""
+        with cpu_autocast(embedding.device):
+            logits = self.head(embedding)
+        return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segment(self.embed(x), x.shape[-2:])

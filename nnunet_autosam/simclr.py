@@ -52,16 +52,16 @@ from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from batchgenerators.utilities.file_and_folder_operations import join
-from torch import autocast, nn
+from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_autosam.errors import InputError
+from nnunet_autosam.precision import training_autocast
 from nnunet_autosam.trainer_base import nnUNetTrainerEnvSchedule
 
 HEAD_KEY = "simclr_projection_head"
@@ -233,7 +233,7 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
         if data.shape[1] != 2 * channels:
             raise RuntimeError(f"expected two stacked views of {channels} channels, got {data.shape[1]} channels")
         views = torch.cat([data[:, :channels], data[:, channels:]])  # both views through the encoder at once
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with training_autocast(self.device):  # only the encoder runs, so the network's own CPU bf16 is not reached
             features = self._encoder()(views)
             deepest = features[-1] if isinstance(features, (list, tuple)) else features
             projections = self.projection_head(deepest)

@@ -11,11 +11,14 @@ iteration budget, sliding-window validation and prediction. What differs, and wh
   encoder gets a tenth of it, so fine-tuning does not wash out SAM's pretraining;
 - no torch.compile: not measured to help here, and compiling a ViT costs minutes at start-up;
 - no test-time mirroring (AUTOSAM_MIRROR_TTA=1 restores it): each mirror is another ViT pass;
+- on a CPU with bf16 units, bf16 autocast as nnU-Net autocasts to fp16 on a GPU (nnunet_autosam/precision.py;
+  AUTOSAM_CPU_BF16=0 keeps fp32), for the nnU-Net baseline variant below as for the SAM networks;
 - optionally (AUTOSAM_EMBEDDING_CACHE=cache or cache_views:K, see embedding_cache.py) training
   iterations read frozen-encoder embeddings from a cache and run only the head; validation
   iterations and the final validation stay on the fly with the full network.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -24,13 +27,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
-from torch import autocast
 
 from nnunet_autosam import embedding_cache
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.network import build_sam_network
+from nnunet_autosam.precision import autocast_forward_on_cpu, describe, embedding_precision
 from nnunet_autosam.settings import CACHE_ENV, CacheMode, EncoderSettings, mode_from_settings
 
 SCHEDULE_VARIABLES = {
@@ -70,10 +72,11 @@ def schedule_from_environment() -> dict:
 
 
 class nnUNetTrainerEnvSchedule(nnUNetTrainer):
-    """Stock nnU-Net, except that the AUTOSAM_* variables can shorten its schedule.
+    """Stock nnU-Net, except that the AUTOSAM_* variables can shorten its schedule and that on a CPU with
+    bf16 units its network runs under bf16 autocast, as stock nnU-Net runs under fp16 autocast on a GPU.
 
-    The SAM trainers build on it; on its own it is the nnU-Net baseline for demos and smoke runs that
-    compare nnU-Net and the SAM heads on the same number of iterations.
+    The SAM trainers build on it; on its own it is the nnU-Net baseline of the demo and the few-label
+    runner, which compare nnU-Net and the SAM heads on the same iterations and at the same precision.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -82,6 +85,17 @@ class nnUNetTrainerEnvSchedule(nnUNetTrainer):
         for attribute, value in schedule_from_environment().items():
             setattr(self, attribute, value)
             self.print_to_log_file(f"short schedule from AUTOSAM_* variables: {attribute} = {value}")
+        self.print_to_log_file(f"precision: {describe(self.device)}")
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> torch.nn.Module:
+        # Why: nnU-Net's train_step and predictor autocast on CUDA only; this adds CPU bf16 to the network itself,
+        # so training, validation and nnUNetv2_predict all get it (the weights and keys stay stock).
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        return autocast_forward_on_cpu(network)
 
 
 class SAMTrainerBase(nnUNetTrainerEnvSchedule):
@@ -157,7 +171,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
                 self.oversample_foreground_percent)
         cache = embedding_cache.EmbeddingCache(
             self.preprocessed_dataset_folder_base, network.identity, self.configuration_manager.data_identifier,
-            self.configuration_manager.patch_size, mode, dataset, sampler)
+            self.configuration_manager.patch_size, mode, dataset, sampler, precision=embedding_precision(self.device))
         cases = sorted(dataset.identifiers)
         report = cache.ensure(cases, network, self.batch_size, log=self.print_to_log_file)
         samples = cache.open(cases)
@@ -179,7 +193,8 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         target = batch["target"].to(self.device, non_blocking=True)
         network = self._sam_network()
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        # On CUDA nnU-Net's fp16 autocast as in its own train_step; on a CPU, segment() applies the head's bf16 policy.
+        with torch.autocast("cuda", enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
             loss = self.loss(network.segment(embedding, target.shape[-2:]), target)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()

@@ -150,10 +150,3 @@ def load_strictly(module: nn.Module, state: dict, path: Path, what: str) -> None
     if result.missing_keys or result.unexpected_keys:
         raise InputError(f"SAM checkpoint {path} does not fit {what} (missing {result.missing_keys[:3]}, "
                          f"unexpected {result.unexpected_keys[:3]}): use an official file")
-
-
-def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The dtype a frozen encoder runs in under autocast: bf16 on CUDA (fp16 where bf16 is missing), none on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -31,6 +31,20 @@ def sam_upscaling(dim: int = EMBEDDING_DIM) -> nn.Sequential:
     )
 
 
+def token_dtype(embedding: torch.Tensor) -> torch.dtype:
+    """bf16 under CPU bf16 autocast, else the embedding's dtype.
+
+    Why: autocast runs each linear layer in bf16 but leaves the residual additions in fp32 (a bf16 output
+    plus an fp32 stream is fp32), so every projection of the 4096 image tokens would first copy them to
+    bf16; those copies cost about as much as the products save. With the token streams in bf16 from the
+    start, the transformer stays in bf16 throughout (layer norms keep their input's dtype).
+    """
+    if embedding.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return embedding.dtype
+
+
 class AutoSAMHead(nn.Module):
     def __init__(self, num_classes: int, grid_size: int, dim: int = EMBEDDING_DIM):
         super().__init__()
@@ -61,9 +75,10 @@ class AutoSAMHead(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         b, c, h, w = embedding.shape
-        image_pe = self.token_layout(self.pe_layer((h, w)).unsqueeze(0)).expand(b, -1, -1, -1)
-        src = self.token_layout(embedding + self.no_mask_embed.weight.view(1, c, 1, 1))
-        tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)
+        dtype = token_dtype(embedding)
+        image_pe = self.token_layout(self.pe_layer((h, w)).unsqueeze(0)).expand(b, -1, -1, -1).to(dtype)
+        src = self.token_layout(embedding + self.no_mask_embed.weight.view(1, c, 1, 1)).to(dtype)
+        tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1).to(dtype)
         class_out, src = self.transformer(src, image_pe, tokens)
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper = torch.stack([mlp(class_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
