@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from nnunet_autosam import encoders
 from nnunet_autosam.doctor import trainer_dir
+from nnunet_autosam.embedding_memo import MEMO_ENV
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.synthetic import write_synthetic_acdc
 
@@ -143,7 +144,8 @@ def run_demo(output: Path, acdc_dir=None, num_patients: int = 6, budgets=(1, 3),
               f"iterations (epochs x iterations per epoch) instead of the recipe's 1000 x 250.", flush=True)
     schedule = {"AUTOSAM_NUM_EPOCHS": str(epochs), "AUTOSAM_ITERS_PER_EPOCH": str(iterations),
                 "AUTOSAM_VAL_ITERS_PER_EPOCH": str(max(1, iterations // 5))}
-    workspace = Workspace(output, schedule)
+    # Validation and prediction of every frozen-encoder head and fold share the encoder's passes over the same tiles.
+    workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo")})
     if acdc_dir is None:
         source, patients = write_synthetic_acdc(output / "synthetic_acdc", num_patients, num_testing=2), None
     else:

@@ -30,11 +30,13 @@ CPU_BF16_ENV = "AUTOSAM_CPU_BF16"
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 matrix products natively on this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) for oneDNN to use.
+
+    Not oneDNN's own bf16 check: that also accepts plain AVX-512, where bf16 is emulated and slower than fp32.
+    """
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    has_units = bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return has_units and torch.backends.mkldnn.is_available()
 
 
 def cpu_bf16_enabled() -> bool:

@@ -25,6 +25,7 @@ from conftest import acdc_root
 from nnunet_autosam.conversion import convert_acdc
 from nnunet_autosam.demo import SEQUENTIAL_PREDICTION, nnunet_command
 from nnunet_autosam.doctor import trainer_dir
+from nnunet_autosam.precision import describe
 from nnunet_autosam.synthetic import write_synthetic_acdc
 from nnunet_autosam.trainer_base import MIRROR_TTA_ENV
 from sam_files import write_sam_checkpoint
@@ -104,6 +105,7 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     train = run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu"], env)
     assert "SAM encoder tiny at 128x128" in train.stdout
     assert "short schedule from AUTOSAM_* variables: num_epochs = 1" in train.stdout
+    assert f"precision: {describe(torch.device('cpu'))}" in train.stdout  # bf16 autocast where the CPU has it
 
     fold = root / "results" / "Dataset027_ACDC" / f"{trainer}__{plans}__2d" / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -269,7 +271,9 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     plans = workspace["random_plans"]
     trainers = ["nnUNetTrainerEnvSchedule", "SAMLinearTrainer"]
     for trainer in trainers:
-        run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--npz"], env)
+        train = run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--npz"], env)
+        # the nnU-Net baseline variant at the SAM trainers' precision (bf16 autocast where the CPU has it)
+        assert f"precision: {describe(torch.device('cpu'))}" in train.stdout
     run(["nnUNetv2_find_best_configuration", "27", "-c", "2d", "-tr", *trainers, "-p", plans, "-f", "0",
          "-np", "1"], env)
 
