@@ -132,7 +132,7 @@ def acdc_patients(acdc_dir: Path, count: int) -> list:
     return names[::stride][:count]
 
 
-def run_demo(output: Path, acdc_dir=None, num_patients: int = 4, budgets=(1,), epochs: int = 2,
+def run_demo(output: Path, acdc_dir=None, num_patients: int = 3, budgets=(1,), epochs: int = 2,
              iterations: int = 10, encoder: str = DEMO_ENCODER, input_size=None, device: str = "cpu",
              trainers=None) -> Path:
     """Run the whole job; returns the report folder."""
@@ -206,9 +206,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output", type=Path, default=Path("nnunet_autosam_demo"),
                         help="working folder for nnUNet_raw/preprocessed/results (default: ./nnunet_autosam_demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
-    # One budget by default: each trainer on each budget is a training and a prediction, about 15 s of nnU-Net's
-    # start-up alone on 2 cores; a second budget took the demo past 10 minutes on a CPU.
-    parser.add_argument("--patients", type=int, default=4, help="training patients (default: 4)")
+    # One budget and 2 validation patients by default: each trainer on each budget is a training and a prediction
+    # (about 15 s of nnU-Net's start-up alone on 2 cores), and each validation slice an encoder pass per trainer
+    # whose encoder is trained; 4 patients took the demo to 10.75 minutes on this project's idle 2-core CPU.
+    parser.add_argument("--patients", type=int, default=3, help="training patients (default: 3)")
     parser.add_argument("--labelled", type=int, nargs="+", default=[1],
                         help="budgets in labelled patients (default: 1; e.g. 1 3 for two points on the plot)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of every training, SimCLR pretraining included")
