@@ -161,7 +161,7 @@ class _Variant:
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
         from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-        from nnunet_autosam.encoders.base import autocast_dtype
+        from nnunet_autosam.precision import encoder_dtype
         from nnunet_autosam.trainers import AutoSAMTrainer
 
         self.name, self.args, self.device = name, args, device
@@ -189,7 +189,7 @@ class _Variant:
                                    weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
         self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         self.data = torch.randn(args.batch_size, 1, *PATCH, device=device)
-        self.encoder_dtype = autocast_dtype(device) if name == "b" else None
+        self.encoder_dtype = encoder_dtype(device) if name == "b" else None
 
     def logits(self):
         import numpy as np
