@@ -342,7 +342,9 @@ def measure_prediction(args) -> dict:
                                         "benchmark", (0, 1))
         predictor.predict_sliding_window_return_logits(data[:, :1])  # warm-up on one slice
         compared = not mirroring and name in ("reference", "ours")
-        seen = tiles[name] = {"logits": [], "embedding": []}  # each tile as the network gave it to the predictor
+        seen = {"logits": [], "embedding": []}  # each tile as the network gave it to the predictor
+        if compared:
+            tiles[name] = seen
         hooks = [network.register_forward_hook(lambda m, i, output: seen["logits"].append(output.detach().cpu())),
                  network.encoder.register_forward_hook(
                      lambda m, i, output: seen["embedding"].append(output.detach().float().cpu()))] if compared else []
