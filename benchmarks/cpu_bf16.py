@@ -64,6 +64,18 @@ def _sam_network(args, head: str, train_encoder: bool = False):
     return network.train()
 
 
+def _training_step(network, optimizer, compute_loss):
+    """One step as the trainers take it: zero the gradients, backward, clip to 12 (nnU-Net's), step."""
+    import torch
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        compute_loss().backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+    return step
+
+
 def _cached_step(args, head: str):
     """A head's training step on a cached-embedding batch, as SAMTrainerBase.train_step runs it."""
     import torch
@@ -73,13 +85,7 @@ def _cached_step(args, head: str):
     grid = encoders.family(args.encoder).embedding_grid(args.encoder, args.input_size)
     embedding = torch.randn(args.batch_size, 256, grid, grid)
     target = torch.randint(0, args.num_classes, (args.batch_size, 1, *args.patch)).float()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss(network.segment(embedding, target.shape[-2:]), target).backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-        optimizer.step()
-    return step
+    return _training_step(network, optimizer, lambda: loss(network.segment(embedding, target.shape[-2:]), target))
 
 
 def _ftall_step(args):
@@ -88,13 +94,7 @@ def _ftall_step(args):
     optimizer, loss = _trainer_optimizer(network, True), _loss()
     data = torch.randn(args.batch_size, 1, *args.patch)
     target = torch.randint(0, args.num_classes, (args.batch_size, 1, *args.patch)).float()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss(network(data), target).backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-        optimizer.step()
-    return step
+    return _training_step(network, optimizer, lambda: loss(network(data), target))
 
 
 def unet_2d(args, deep_supervision: bool):
@@ -123,12 +123,7 @@ def _nnunet_step(args):
     weights[-1] = 0  # nnU-Net drops the lowest resolution
     loss = DeepSupervisionWrapper(_loss(), [w / sum(weights) for w in weights])
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss(network(data), targets).backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-        optimizer.step()
-    return step
+    return _training_step(network, optimizer, lambda: loss(network(data), targets))
 
 
 def _time_pair(run, reps: int, count_flops: bool = True):
@@ -199,7 +194,7 @@ def _forward_flops(network, shape) -> int:
 
 
 def measure(args) -> dict:
-    """Every path in fp32 and bf16: {path: {fp32_s, bf16_s, gflop}}, plus the matmul peak and the deviations."""
+    """Every path in fp32 and bf16: {path: (fp32 s, bf16 s, FLOPs)}, plus the matmul peak and the deviations."""
     import torch
     results = {"matmul_gflops": matmul_peak()}
     images = torch.randn(args.batch_size, 1, *args.patch)
@@ -213,7 +208,6 @@ def measure(args) -> dict:
     fp32, bf16 = embeddings["0"], embeddings["1"]
     results["embedding_max_error"] = ((bf16 - fp32).abs().max() / fp32.abs().max()).item()
     results["embedding_mean_error"] = ((bf16 - fp32).abs().mean() / fp32.abs().mean()).item()
-    del encoder_network
     for head in ("autosam", "linear", "cnn"):
         step = _cached_step(args, head)
         results[f"{head}_step"] = _time_pair(step, args.steps)
