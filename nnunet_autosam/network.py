@@ -27,7 +27,7 @@ from nnunet_autosam.heads.autosam import AutoSAMHead
 from nnunet_autosam.heads.cnn import CNNHead
 from nnunet_autosam.heads.fast_layers import use_fast_layers
 from nnunet_autosam.heads.linear import LinearHead
-from nnunet_autosam.precision import cpu_autocast, encoder_dtype
+from nnunet_autosam.precision import cpu_autocast, encoder_autocast
 from nnunet_autosam.settings import EncoderSettings
 
 HEADS = ("autosam", "cnn", "linear")
@@ -83,10 +83,9 @@ class SAMSegmentationNetwork(nn.Module):
         lacks bf16), overriding nnU-Net's fp16 autocast for the ViT only; on a CPU bf16 where it has bf16
         units and $AUTOSAM_CPU_BF16 allows, else fp32.
         """
-        dtype = encoder_dtype(x.device)
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             mapped = self.input_mapping(x.float())
-            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            with encoder_autocast(x.device):
                 embedding = self.encoder(mapped)
         return embedding.float()
 

@@ -68,12 +68,18 @@ def embedding_precision(device: torch.device) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def cpu_autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast for CPU work where it is on (``enabled`` and $AUTOSAM_CPU_BF16); a no-op elsewhere.
+def encoder_autocast(device: torch.device):
+    """Autocast to ``encoder_dtype(device)`` (none where that is fp32): how every SAM-family encoder runs."""
+    dtype = encoder_dtype(device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def cpu_autocast(device: torch.device):
+    """bf16 autocast for CPU work where $AUTOSAM_CPU_BF16 turns it on; a no-op elsewhere.
 
     On CUDA this does nothing: nnU-Net's own fp16 autocast already covers the GPU paths.
     """
-    if enabled and device.type == "cpu" and cpu_bf16_enabled():
+    if device.type == "cpu" and cpu_bf16_enabled():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 

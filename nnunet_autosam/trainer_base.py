@@ -18,7 +18,6 @@ iteration budget, sliding-window validation and prediction. What differs, and wh
   iterations and the final validation stay on the fly with the full network.
 """
 
-import contextlib
 import os
 
 import numpy as np
@@ -32,7 +31,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_autosam import embedding_cache
 from nnunet_autosam.errors import InputError
 from nnunet_autosam.network import build_sam_network
-from nnunet_autosam.precision import autocast_forward_on_cpu, describe, embedding_precision
+from nnunet_autosam.precision import autocast_forward_on_cpu, describe, embedding_precision, training_autocast
 from nnunet_autosam.settings import CACHE_ENV, CacheMode, EncoderSettings, mode_from_settings
 
 SCHEDULE_VARIABLES = {
@@ -193,8 +192,8 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         target = batch["target"].to(self.device, non_blocking=True)
         network = self._sam_network()
         self.optimizer.zero_grad(set_to_none=True)
-        # On CUDA nnU-Net's fp16 autocast as in its own train_step; on a CPU, segment() applies the head's bf16 policy.
-        with torch.autocast("cuda", enabled=True) if self.device.type == "cuda" else contextlib.nullcontext():
+        # nnU-Net's fp16 autocast on CUDA, as in its own train_step; bf16 on a CPU where it is on (segment() sets it too).
+        with training_autocast(self.device):
             loss = self.loss(network.segment(embedding, target.shape[-2:]), target)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()

@@ -45,7 +45,7 @@ from nnunet_autosam.errors import InputError
 from nnunet_autosam.image_checks import itk_warnings_off, require_intact
 from nnunet_autosam.nnunet_paths import nnunet_folder, resolve_dataset
 from nnunet_autosam.plans import load_preset
-from nnunet_autosam.precision import encoder_dtype
+from nnunet_autosam.precision import encoder_autocast
 
 DEFAULT_FILE_ENDING = ".nii.gz"
 RAW_IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
@@ -99,9 +99,8 @@ class BoxPromptSegmenter(nn.Module):
     def embed(self, slices: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) z-scored slices -> (B, 256, G, G) fp32 image embeddings, the encoder in the precision the
         trainers' frozen encoders use (nnunet_autosam.precision.encoder_dtype)."""
-        dtype = encoder_dtype(slices.device)
         mapped = self.input_mapping(slices)
-        with torch.autocast(slices.device.type, dtype=dtype, enabled=dtype is not None):
+        with encoder_autocast(slices.device):
             return self.image_encoder(mapped).float()
 
     def decode(self, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,7 @@ MUTANTS = [
            '"precision": precision,', '"precision": "fp32",',
            ("tests/test_precision.py::test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry",)),
     Mutant("the heads' step runs in fp32 on a bf16 CPU", "nnunet_autosam/network.py",
-           "with cpu_autocast(embedding.device):", "with cpu_autocast(embedding.device, enabled=False):",
+           "with cpu_autocast(embedding.device):", 'with torch.autocast("cpu", enabled=False):',
            ("tests/test_precision.py::test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits",)),
     Mutant("the nnU-Net baseline's network left in fp32 on a bf16 CPU", "nnunet_autosam/precision.py",
            "    network.forward = forward_in_cpu_bf16\n", "",
