@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # `trainers/` (the folder for nnU-Net's nnUNet_extTrainer variable) and `plans/` (plans presets) live at
 # the top of the repository, as nnU-Net users expect, and ship inside the package so that a plain
@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["nnunet_autosam", "nnunet_autosam.encoders", "nnunet_autosam.heads", "nnunet_autosam.ext_trainers",
+    packages=[*find_packages(include=["nnunet_autosam", "nnunet_autosam.*"]), "nnunet_autosam.ext_trainers",
               "nnunet_autosam.plan_presets"],
     package_dir={"nnunet_autosam.ext_trainers": "trainers", "nnunet_autosam.plan_presets": "plans"},
     package_data={"nnunet_autosam.plan_presets": ["*.json"]},

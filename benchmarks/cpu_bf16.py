@@ -1,4 +1,4 @@
-"""fp32 against bf16 autocast on the CPU, for every path nnunet_autosam.precision switches; run by speed.py.
+"""fp32 against bf16 autocast on the CPU, for every path nnunet_autosam.utilities.precision switches; run by speed.py.
 
 Each path is timed in fp32 (AUTOSAM_CPU_BF16=0) and in bf16 (=1) in the same process, the two
 interleaved, best of N after one untimed warm-up (whose fp32 run is counted by
@@ -27,7 +27,7 @@ PATHS = ("encoder", "autosam_step", "linear_step", "cnn_step", "ftall_step", "nn
 
 @contextmanager
 def precision(name: str):
-    from nnunet_autosam.precision import CPU_BF16_ENV
+    from nnunet_autosam.utilities.precision import CPU_BF16_ENV
     previous = os.environ.get(CPU_BF16_ENV)
     os.environ[CPU_BF16_ENV] = "1" if name == "bf16" else "0"
     try:
@@ -48,7 +48,7 @@ def _loss():
 
 def _trainer_optimizer(network, train_encoder: bool):
     """The SAM trainers' own optimizer (fused AdamW, encoder group for ft-all)."""
-    from nnunet_autosam.trainers import AutoSAMTrainer
+    from nnunet_autosam.training.trainers import AutoSAMTrainer
     trainer = AutoSAMTrainer.__new__(AutoSAMTrainer)
     trainer.network = network
     trainer.initial_lr, trainer.weight_decay, trainer.num_epochs, trainer.train_encoder = 5e-4, 3e-5, 1000, train_encoder
@@ -56,8 +56,8 @@ def _trainer_optimizer(network, train_encoder: bool):
 
 
 def _sam_network(args, head: str, train_encoder: bool = False):
-    from nnunet_autosam.network import build_sam_network
-    from nnunet_autosam.settings import EncoderSettings
+    from nnunet_autosam.model.network import build_sam_network
+    from nnunet_autosam.experiment_planning.settings import EncoderSettings
     checkpoint = None if args.encoder in ("tiny", "lite_medsam") else args.weights
     network = build_sam_network(EncoderSettings(args.encoder, args.input_size, checkpoint), head, 1, args.num_classes,
                                 train_encoder=train_encoder)
@@ -79,7 +79,7 @@ def _training_step(network, optimizer, compute_loss):
 def _cached_step(args, head: str):
     """A head's training step on a cached-embedding batch, as SAMTrainerBase.train_step runs it."""
     import torch
-    from nnunet_autosam import encoders
+    from nnunet_autosam.model import encoders
     network = _sam_network(args, head)
     optimizer, loss = _trainer_optimizer(network, False), _loss()
     grid = encoders.family(args.encoder).embedding_grid(args.encoder, args.input_size)
@@ -101,7 +101,7 @@ def unet_2d(args, deep_supervision: bool):
     """nnU-Net's 2d PlainConvUNet for ACDC-like plans, wrapped as nnUNetTrainerEnvSchedule wraps it."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunet_autosam.precision import autocast_forward_on_cpu
+    from nnunet_autosam.utilities.precision import autocast_forward_on_cpu
     network = get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet",
                                      args.unet_arch, ["conv_op", "norm_op", "dropout_op", "nonlin"], 1,
                                      args.num_classes, allow_init=True, deep_supervision=deep_supervision)

@@ -119,7 +119,7 @@ def _stock_vit(encoder):
 
 
 def _upstream_layout_head_class():
-    from nnunet_autosam.heads.autosam import AutoSAMHead
+    from nnunet_autosam.model.heads.autosam import AutoSAMHead
 
     class UpstreamLayoutAutoSAMHead(AutoSAMHead):
         """The AutoSAM head with the image tokens in the layout segment_anything's decoder gives them."""
@@ -130,10 +130,10 @@ def _upstream_layout_head_class():
 
 def _networks(args, device):
     """(ours, reference): the network the trainers build, and the same weights run by the upstream modules."""
-    from nnunet_autosam import encoders
-    from nnunet_autosam.encoders.base import load_sam_state_dict
-    from nnunet_autosam.network import SAMSegmentationNetwork, build_sam_network
-    from nnunet_autosam.settings import EncoderSettings
+    from nnunet_autosam.model import encoders
+    from nnunet_autosam.model.encoders.base import load_sam_state_dict
+    from nnunet_autosam.model.network import SAMSegmentationNetwork, build_sam_network
+    from nnunet_autosam.experiment_planning.settings import EncoderSettings
 
     checkpoint = None if args.encoder in ("tiny", "lite_medsam") else args.weights
     settings = EncoderSettings(args.encoder, args.input_size, checkpoint)
@@ -161,8 +161,8 @@ class _Variant:
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
         from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-        from nnunet_autosam.precision import encoder_dtype
-        from nnunet_autosam.trainers import AutoSAMTrainer
+        from nnunet_autosam.utilities.precision import encoder_dtype
+        from nnunet_autosam.training.trainers import AutoSAMTrainer
 
         self.name, self.args, self.device = name, args, device
         self.network = ours if name in ("b", "c") else reference

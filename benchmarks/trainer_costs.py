@@ -32,9 +32,9 @@ def measure(encoder: str, trainer_name: str, input_size: int, batch_size: int, s
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from nnunet_autosam import trainers
-    from nnunet_autosam.network import build_sam_network
-    from nnunet_autosam.settings import EncoderSettings
+    from nnunet_autosam.training import trainers
+    from nnunet_autosam.model.network import build_sam_network
+    from nnunet_autosam.experiment_planning.settings import EncoderSettings
 
     trainer_class = getattr(trainers, trainer_name)
     checkpoint = None if encoder in ("tiny", "lite_medsam") else weights

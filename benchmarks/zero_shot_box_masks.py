@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_autosam import zero_shot
+from nnunet_autosam.inference import zero_shot
 
 ACDC = Path(os.environ.get("NNUNET_AUTOSAM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc"))
 CLASSES = {1: "RV", 2: "Myo", 3: "LV"}

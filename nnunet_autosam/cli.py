@@ -11,16 +11,16 @@ import sys
 from nnunet_autosam import __version__
 
 COMMAND_MODULES = (
-    "nnunet_autosam.doctor",
-    "nnunet_autosam.plans",
-    "nnunet_autosam.conversion",
-    "nnunet_autosam.verify",
-    "nnunet_autosam.splits",
-    "nnunet_autosam.evaluation",
-    "nnunet_autosam.report",
-    "nnunet_autosam.zero_shot",
-    "nnunet_autosam.embedding_cache",
-    "nnunet_autosam.demo",
+    "nnunet_autosam.run.doctor",
+    "nnunet_autosam.experiment_planning.plans",
+    "nnunet_autosam.data.conversion",
+    "nnunet_autosam.data.verify",
+    "nnunet_autosam.data.splits",
+    "nnunet_autosam.evaluation.metrics",
+    "nnunet_autosam.evaluation.report",
+    "nnunet_autosam.inference.zero_shot",
+    "nnunet_autosam.training.embedding_cache",
+    "nnunet_autosam.run.demo",
 )
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from nnunet_autosam.encoders.sam_vit import build_image_encoder
+from nnunet_autosam.model.encoders.sam_vit import build_image_encoder
 
 
 def random_sam(encoder_type: str) -> Sam:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_autosam.conversion import convert_acdc, itk_warnings_off
-from nnunet_autosam.errors import InputError
+from nnunet_autosam.data.conversion import convert_acdc, itk_warnings_off
+from nnunet_autosam.utilities.errors import InputError
 
 PATIENTS = ["patient001", "patient002", "patient021", "patient041"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_autosam.demo import (BASELINE_TRAINER, DEMO_ENCODER, SAM_TRAINERS, SIMCLR_TRAINER, STOCK_PLANS,
+from nnunet_autosam.run.demo import (BASELINE_TRAINER, DEMO_ENCODER, SAM_TRAINERS, SIMCLR_TRAINER, STOCK_PLANS,
                                  acdc_patients, banner, nnunet_command)
-from nnunet_autosam.errors import InputError
-from nnunet_autosam.report import ZERO_SHOT_PREFIX, method_display_name
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.evaluation.report import ZERO_SHOT_PREFIX, method_display_name
 
 
 # The random tiny encoder keeps this test to minutes; the default (lite_medsam) runs the same commands,

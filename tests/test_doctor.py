@@ -1,6 +1,6 @@
 """`nnunet-autosam doctor`: [ok] for a complete set-up, [FIX] with the command that fixes each gap, and its exit status."""
 
-from nnunet_autosam import doctor
+from nnunet_autosam.run import doctor
 
 
 def test_doctor_passes_a_complete_set_up_and_names_the_fix_for_each_gap(tmp_path, monkeypatch, capsys):

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import acdc_root
-from nnunet_autosam import embedding_cache as ec
-from nnunet_autosam import settings
-from nnunet_autosam.demo import Workspace
-from nnunet_autosam.errors import InputError
+from nnunet_autosam.training import embedding_cache as ec
+from nnunet_autosam.experiment_planning import settings
+from nnunet_autosam.run.demo import Workspace
+from nnunet_autosam.utilities.errors import InputError
 from sam_files import write_sam_checkpoint
 
 PATIENTS = ["patient001", "patient021", "patient041"]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_autosam.embedding_memo import MEMO_ENV
-from nnunet_autosam.network import build_sam_network
-from nnunet_autosam.settings import EncoderSettings
+from nnunet_autosam.model.embedding_memo import MEMO_ENV
+from nnunet_autosam.model.network import build_sam_network
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from sam_files import write_sam_checkpoint
 
 

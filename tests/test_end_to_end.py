@@ -22,12 +22,12 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.run.run_training import get_trainer_from_args
 
 from conftest import acdc_root
-from nnunet_autosam.conversion import convert_acdc
-from nnunet_autosam.demo import SEQUENTIAL_PREDICTION, nnunet_command
-from nnunet_autosam.doctor import trainer_dir
-from nnunet_autosam.precision import describe
-from nnunet_autosam.synthetic import write_synthetic_acdc
-from nnunet_autosam.trainer_base import MIRROR_TTA_ENV
+from nnunet_autosam.data.conversion import convert_acdc
+from nnunet_autosam.run.demo import SEQUENTIAL_PREDICTION, nnunet_command
+from nnunet_autosam.run.doctor import trainer_dir
+from nnunet_autosam.utilities.precision import describe
+from nnunet_autosam.data.synthetic import write_synthetic_acdc
+from nnunet_autosam.training.trainer_base import MIRROR_TTA_ENV
 from sam_files import write_sam_checkpoint
 
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]

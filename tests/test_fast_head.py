@@ -7,11 +7,11 @@ import torch
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention
 
-from nnunet_autosam.heads.autosam import AutoSAMHead
-from nnunet_autosam.heads.cnn import CNNHead
-from nnunet_autosam.heads.fast_layers import FusedLayerNorm2d, MatmulConvTranspose2d, SDPAAttention, use_fast_layers
-from nnunet_autosam.heads.linear import LinearHead
-from nnunet_autosam.network import build_head
+from nnunet_autosam.model.heads.autosam import AutoSAMHead
+from nnunet_autosam.model.heads.cnn import CNNHead
+from nnunet_autosam.model.heads.fast_layers import FusedLayerNorm2d, MatmulConvTranspose2d, SDPAAttention, use_fast_layers
+from nnunet_autosam.model.heads.linear import LinearHead
+from nnunet_autosam.model.network import build_head
 
 TOLERANCE = 1e-5  # relative to the largest reference magnitude; fp32 rounding of a different summation order
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_autosam.synthetic import write_synthetic_acdc
+from nnunet_autosam.data.synthetic import write_synthetic_acdc
 
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "few_label_acdc.py"
 METHODS = ["nnunet", "autosam", "linear", "zero_shot"]  # the others run the same code with another trainer
@@ -160,7 +160,7 @@ def test_plan_lists_every_run_once_and_trains_nothing(experiment):
 
 def test_test_from_puts_an_official_testing_folder_beside_training(tmp_path, monkeypatch):
     """--test-from: the ACDC training set plus an official testing/ folder, converted as one dataset."""
-    from nnunet_autosam.conversion import convert_acdc
+    from nnunet_autosam.data.conversion import convert_acdc
 
     acdc = write_synthetic_acdc(tmp_path / "acdc", num_patients=3)
     official = write_synthetic_acdc(tmp_path / "official", num_patients=0, num_testing=2, seed=1) / "testing"

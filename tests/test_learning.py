@@ -2,7 +2,7 @@
 training step, it beats a constant (all-background, the majority class) prediction on a held-out slice.
 
 The end-to-end tests would pass with a network that predicts background everywhere; this one would not.
-Synthetic cardiac-like data (nnunet_autosam/synthetic.py: a bright LV cavity, a dark myocardial ring, a
+Synthetic cardiac-like data (nnunet_autosam/data/synthetic.py: a bright LV cavity, a dark myocardial ring, a
 bright RV crescent in noisy tissue) and the random `tiny` encoder at 128: seeded, and a few seconds.
 """
 
@@ -13,11 +13,11 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from nnunet_autosam.embedding_cache import CachedBatches, CachedSamples
-from nnunet_autosam.network import build_sam_network
-from nnunet_autosam.settings import EncoderSettings
-from nnunet_autosam.synthetic import write_synthetic_acdc
-from nnunet_autosam.trainers import AutoSAMTrainer
+from nnunet_autosam.training.embedding_cache import CachedBatches, CachedSamples
+from nnunet_autosam.model.network import build_sam_network
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
+from nnunet_autosam.data.synthetic import write_synthetic_acdc
+from nnunet_autosam.training.trainers import AutoSAMTrainer
 
 STEPS = 100
 

@@ -21,8 +21,8 @@ LOOKUP = """
 import os, sys
 import nnunet_autosam
 from importlib import resources
-from nnunet_autosam.doctor import trainer_dir
-from nnunet_autosam.plans import load_preset
+from nnunet_autosam.run.doctor import trainer_dir
+from nnunet_autosam.experiment_planning.plans import load_preset
 os.environ["nnUNet_extTrainer"] = str(trainer_dir())
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 trainer = recursive_find_trainer_class_by_name("AutoSAMTrainer")
@@ -63,5 +63,5 @@ def test_plain_install_finds_trainers_and_presets(tmp_path):
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ")[0].isupper())
     for key in ("PACKAGE", "SHIMS", "PRESETS", "TRAINER_FILE"):
         assert lines[key].startswith(str(site)), (key, lines[key])  # the installed copy, not the checkout
-    assert lines["TRAINER"] == "nnunet_autosam.trainers"
+    assert lines["TRAINER"] == "nnunet_autosam.training.trainers"
     assert lines["PRESET"] == "1024"

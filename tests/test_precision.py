@@ -1,4 +1,4 @@
-"""CPU bf16 autocast (nnunet_autosam.precision): where it applies, that 0 is the fp32 path exactly, and that
+"""CPU bf16 autocast (nnunet_autosam.utilities.precision): where it applies, that 0 is the fp32 path exactly, and that
 fp32 and bf16 embeddings never share a cache folder or a memo entry.
 
 bf16 is forced with AUTOSAM_CPU_BF16=1 so that these tests mean the same on a CPU without bf16 units
@@ -10,12 +10,12 @@ import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunet_autosam import precision
-from nnunet_autosam.embedding_cache import cache_key, cache_key_fields
-from nnunet_autosam.embedding_memo import MEMO_ENV, EmbeddingMemo
-from nnunet_autosam.errors import InputError
-from nnunet_autosam.network import build_sam_network
-from nnunet_autosam.settings import CacheMode, EncoderSettings
+from nnunet_autosam.utilities import precision
+from nnunet_autosam.training.embedding_cache import cache_key, cache_key_fields
+from nnunet_autosam.model.embedding_memo import MEMO_ENV, EmbeddingMemo
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.model.network import build_sam_network
+from nnunet_autosam.experiment_planning.settings import CacheMode, EncoderSettings
 from sam_files import write_sam_checkpoint
 
 CPU = torch.device("cpu")
@@ -105,7 +105,7 @@ def test_autosam_token_streams_stay_bf16_through_the_transformer(monkeypatch):
 
 
 def test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weights(monkeypatch):
-    from nnunet_autosam.trainer_base import nnUNetTrainerEnvSchedule
+    from nnunet_autosam.training.trainer_base import nnUNetTrainerEnvSchedule
 
     def unet():
         torch.manual_seed(0)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from nnunet_autosam.simclr import HEAD_KEY, ProjectionHead, TwoViews, nt_xent_loss
+from nnunet_autosam.training.simclr import HEAD_KEY, ProjectionHead, TwoViews, nt_xent_loss
 
 PATIENTS = ["patient001", "patient002", "patient003"]
 
@@ -81,7 +81,7 @@ def shrink_2d_plans(plans_file):
 
 
 def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_env, capsys):
-    from nnunet_autosam.conversion import convert_acdc
+    from nnunet_autosam.data.conversion import convert_acdc
 
     convert_acdc(acdc_dir, 27, patients=PATIENTS)
     env = dict(os.environ, nnUNet_def_n_proc="1", nnUNet_compile="f")

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from nnunet_autosam import splits
-from nnunet_autosam.conversion import convert_acdc, read_info_cfg
-from nnunet_autosam.errors import InputError
-from nnunet_autosam.splits import make_few_label_splits, write_splits
+from nnunet_autosam.data import splits
+from nnunet_autosam.data.conversion import convert_acdc, read_info_cfg
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.data.splits import make_few_label_splits, write_splits
 
 PER_GROUP = 3
 

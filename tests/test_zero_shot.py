@@ -11,9 +11,10 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from nnunet_autosam import cli, zero_shot
-from nnunet_autosam.conversion import convert_acdc
-from nnunet_autosam.errors import InputError
+from nnunet_autosam import cli
+from nnunet_autosam.inference import zero_shot
+from nnunet_autosam.data.conversion import convert_acdc
+from nnunet_autosam.utilities.errors import InputError
 from sam_files import write_sam_checkpoint
 
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)

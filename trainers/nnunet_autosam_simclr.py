@@ -4,6 +4,6 @@ The classes live in the installed package; this module only makes it visible to 
 ``nnUNetv2_train DATASET 2d all -tr nnUNetTrainerSimCLR`` and the fine-tuning trainer work.
 """
 
-from nnunet_autosam.simclr import nnUNetTrainerSimCLR, nnUNetTrainerSimCLRFinetune
+from nnunet_autosam.training.simclr import nnUNetTrainerSimCLR, nnUNetTrainerSimCLRFinetune
 
 __all__ = ["nnUNetTrainerSimCLR", "nnUNetTrainerSimCLRFinetune"]

