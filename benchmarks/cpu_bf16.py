@@ -56,8 +56,8 @@ def _trainer_optimizer(network, train_encoder: bool):
 
 
 def _sam_network(args, head: str, train_encoder: bool = False):
-    from nnunet_autosam.model.network import build_sam_network
     from nnunet_autosam.experiment_planning.settings import EncoderSettings
+    from nnunet_autosam.model.network import build_sam_network
     checkpoint = None if args.encoder in ("tiny", "lite_medsam") else args.weights
     network = build_sam_network(EncoderSettings(args.encoder, args.input_size, checkpoint), head, 1, args.num_classes,
                                 train_encoder=train_encoder)
@@ -79,6 +79,7 @@ def _training_step(network, optimizer, compute_loss):
 def _cached_step(args, head: str):
     """A head's training step on a cached-embedding batch, as SAMTrainerBase.train_step runs it."""
     import torch
+
     from nnunet_autosam.model import encoders
     network = _sam_network(args, head)
     optimizer, loss = _trainer_optimizer(network, False), _loss()

@@ -47,10 +47,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nnunet_autosam.utilities.atomic import atomic_path, write_json, write_text
-from nnunet_autosam.run.demo import DATASET_ID, STOCK_PLANS, Workspace
-from nnunet_autosam.training.embedding_cache import parse_shard
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
+from nnunet_autosam.utilities.atomic import atomic_path, write_json, write_text
+from nnunet_autosam.utilities.commands import DATASET_ID, STOCK_PLANS, Workspace
+from nnunet_autosam.utilities.shards import parse_shard
 
 DATASET = "Dataset027_ACDC"
 

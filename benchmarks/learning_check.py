@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from nnunet_autosam.run.demo import DATASET_ID, Workspace
+from nnunet_autosam.utilities.commands import DATASET_ID, Workspace
 
 TRAINING_PATIENTS = ("patient001", "patient011")
 TEST_PATIENTS = tuple(f"patient{number:03d}" for number in range(5, 100, 10))

@@ -130,10 +130,10 @@ def _upstream_layout_head_class():
 
 def _networks(args, device):
     """(ours, reference): the network the trainers build, and the same weights run by the upstream modules."""
+    from nnunet_autosam.experiment_planning.settings import EncoderSettings
     from nnunet_autosam.model import encoders
     from nnunet_autosam.model.encoders.base import load_sam_state_dict
     from nnunet_autosam.model.network import SAMSegmentationNetwork, build_sam_network
-    from nnunet_autosam.experiment_planning.settings import EncoderSettings
 
     checkpoint = None if args.encoder in ("tiny", "lite_medsam") else args.weights
     settings = EncoderSettings(args.encoder, args.input_size, checkpoint)
@@ -161,8 +161,8 @@ class _Variant:
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
         from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-        from nnunet_autosam.utilities.precision import encoder_dtype
         from nnunet_autosam.training.trainers import AutoSAMTrainer
+        from nnunet_autosam.utilities.precision import encoder_dtype
 
         self.name, self.args, self.device = name, args, device
         self.network = ours if name in ("b", "c") else reference
@@ -417,7 +417,10 @@ def main() -> None:
     import platform
 
     import torch
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    from nnunet_autosam.utilities.devices import pick_device
+
+    args.device = pick_device(args.device).type
     machine = (torch.cuda.get_device_name() if args.device == "cuda"
                else f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                     f"{torch.get_num_threads()} torch threads")

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINERS = ("AutoSAMTrainer", "SAMCNNTrainer", "SAMLinearTrainer", "AutoSAMFullFTTrainer")
 PATCH = (256, 224)
 
 
@@ -32,9 +31,9 @@ def measure(encoder: str, trainer_name: str, input_size: int, batch_size: int, s
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from nnunet_autosam.training import trainers
-    from nnunet_autosam.model.network import build_sam_network
     from nnunet_autosam.experiment_planning.settings import EncoderSettings
+    from nnunet_autosam.model.network import build_sam_network
+    from nnunet_autosam.training import trainers
 
     trainer_class = getattr(trainers, trainer_name)
     checkpoint = None if encoder in ("tiny", "lite_medsam") else weights
@@ -96,9 +95,10 @@ def main() -> None:
         print(json.dumps(measure(*args.one, args.input_size, args.batch_size, args.steps, args.weights)))
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import torch
     from sam_files import write_sam_checkpoint
 
-    import torch
+    from nnunet_autosam.utilities.commands import SAM_TRAINERS
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"input {args.input_size}, batch {args.batch_size}, patch {PATCH[0]}x{PATCH[1]}, 4 classes")
     print("| encoder | trainer | s/iter | s/iter from cache | encoder img/s | peak RSS GB | weights MB | "
@@ -106,7 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         weights = str(write_sam_checkpoint(Path(folder) / "sam_vit_b_random.pth", "vit_b"))
         for encoder in args.encoders:
-            for trainer in TRAINERS:
+            for trainer in SAM_TRAINERS:
                 output = subprocess.run([sys.executable, __file__, "--one", encoder, trainer, "--weights", weights,
                                          "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
                                          "--steps", str(args.steps)], capture_output=True, text=True, check=True)

@@ -19,7 +19,7 @@ COMMAND_MODULES = (
     "nnunet_autosam.evaluation.metrics",
     "nnunet_autosam.evaluation.report",
     "nnunet_autosam.inference.zero_shot",
-    "nnunet_autosam.training.embedding_cache",
+    "nnunet_autosam.training.embedding_cache.command",
     "nnunet_autosam.run.demo",
 )
 

@@ -49,9 +49,9 @@ def combined_batch():
 
 def build(case):
     """The network and its optimizer, made by the trainer's own configure_optimizers (as nnU-Net's initialize)."""
-    from nnunet_autosam.training import trainers
-    from nnunet_autosam.model.network import build_sam_network
     from nnunet_autosam.experiment_planning.settings import EncoderSettings
+    from nnunet_autosam.model.network import build_sam_network
+    from nnunet_autosam.training import trainers
 
     head, train_encoder, trainer_name = CASES[case]
     torch.manual_seed(SEED)

@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_autosam.run.demo import (BASELINE_TRAINER, DEMO_ENCODER, SAM_TRAINERS, SIMCLR_TRAINER, STOCK_PLANS,
-                                 acdc_patients, banner, nnunet_command)
+from nnunet_autosam.evaluation.methods import ZERO_SHOT_PREFIX, method_display_name
+from nnunet_autosam.run.demo import DEMO_ENCODER, acdc_patients, banner
+from nnunet_autosam.utilities.commands import (
+    BASELINE_TRAINER,
+    SAM_TRAINERS,
+    SIMCLR_TRAINER,
+    STOCK_PLANS,
+    nnunet_command,
+)
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.evaluation.report import ZERO_SHOT_PREFIX, method_display_name
-
 
 # The random tiny encoder keeps this test to minutes; the default (lite_medsam) runs the same commands,
 # and tests/test_end_to_end.py runs lite_medsam through the stock CLI.

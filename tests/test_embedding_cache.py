@@ -13,13 +13,14 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import acdc_root
-from nnunet_autosam.training import embedding_cache as ec
-from nnunet_autosam.experiment_planning import settings
-from nnunet_autosam.run.demo import Workspace
-from nnunet_autosam.utilities.errors import InputError
 from sam_files import write_sam_checkpoint
+
+from nnunet_autosam.experiment_planning import settings
+from nnunet_autosam.training.embedding_cache import command as ec
+from nnunet_autosam.utilities.commands import Workspace
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.shards import shard_cases
 
 PATIENTS = ["patient001", "patient021", "patient041"]
 PLANS = "nnUNetPlans_SAM_tiny_128"
@@ -156,7 +157,7 @@ def test_truncated_missing_or_stale_parts_are_rebuilt_never_read(in_process):
 def test_shards_cover_every_case_once_and_a_build_resumes(in_process):
     cases = [f"case{i}" for i in range(7)]
     for count in (1, 2, 3, 7, 9):
-        shards = [ec.shard_cases(cases, i, count) for i in range(count)]
+        shards = [shard_cases(cases, i, count) for i in range(count)]
         assert sorted(sum(shards, [])) == cases
 
     cache, _, all_cases = fresh_cache()

@@ -6,11 +6,11 @@ The same claim through nnUNetv2_predict (bit-identical probabilities) is in test
 import numpy as np
 import pytest
 import torch
+from sam_files import write_sam_checkpoint
 
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
 from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.experiment_planning.settings import EncoderSettings
-from sam_files import write_sam_checkpoint
 
 
 @pytest.fixture

@@ -3,16 +3,16 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from sam_files import random_sam, write_sam_checkpoint
 from segment_anything import sam_model_registry
 
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.encoders.base import load_sam_state_dict
 from nnunet_autosam.model.encoders.sam_vit import FAMILY as SAM_VIT
 from nnunet_autosam.model.encoders.sam_vit import build_image_encoder
-from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.experiment_planning.settings import EncoderSettings
-from sam_files import random_sam, write_sam_checkpoint
+from nnunet_autosam.utilities.errors import InputError
 
 
 @pytest.fixture(scope="module")

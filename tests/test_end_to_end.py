@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import acdc_root
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.run.run_training import get_trainer_from_args
+from sam_files import write_sam_checkpoint
 
-from conftest import acdc_root
 from nnunet_autosam.data.conversion import convert_acdc
-from nnunet_autosam.run.demo import SEQUENTIAL_PREDICTION, nnunet_command
-from nnunet_autosam.run.doctor import trainer_dir
-from nnunet_autosam.utilities.precision import describe
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
 from nnunet_autosam.training.trainer_base import MIRROR_TTA_ENV
-from sam_files import write_sam_checkpoint
+from nnunet_autosam.utilities.commands import SAM_TRAINERS, SEQUENTIAL_PREDICTION, nnunet_command
+from nnunet_autosam.utilities.nnunet_paths import trainer_dir
+from nnunet_autosam.utilities.precision import describe
 
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
 HELD_OUT = "patient081"
@@ -96,7 +96,7 @@ def _check_predictions(inputs, outputs):
         assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2, 3}
 
 
-@pytest.mark.parametrize("trainer", ["AutoSAMTrainer", "SAMCNNTrainer", "SAMLinearTrainer", "AutoSAMFullFTTrainer"])
+@pytest.mark.parametrize("trainer", SAM_TRAINERS)
 def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     """AutoSAMTrainer runs on a tiny SAM file (a lean checkpoint); the others on the file-less tiny encoder."""
     env, root = workspace["env"], workspace["root"]

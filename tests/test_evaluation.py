@@ -19,8 +19,8 @@ from medpy.metric.binary import assd, hd95
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.evaluation.metrics import evaluate_folder, surface_distances_mm
+from nnunet_autosam.utilities.errors import InputError
 
 SPACING_XYZ = (1.5, 1.5, 10.0)
 SHAPE_ZYX = (8, 16, 16)

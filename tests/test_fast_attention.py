@@ -4,13 +4,18 @@ import copy
 
 import pytest
 import torch
+from sam_files import random_sam
 from segment_anything.modeling.image_encoder import Attention, Block
 
-from nnunet_autosam.model.encoders.fast_attention import FastAttention, FastBlock, use_fast_attention, uses_fast_attention
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
+from nnunet_autosam.model.encoders.fast_attention import (
+    FastAttention,
+    FastBlock,
+    use_fast_attention,
+    uses_fast_attention,
+)
 from nnunet_autosam.model.encoders.sam_vit import build_image_encoder, resize_position_tables
 from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.experiment_planning.settings import EncoderSettings
-from sam_files import random_sam
 
 RELATIVE_TOLERANCE = 1e-4  # the fp32 bound stated in nnunet_autosam/model/encoders/fast_attention.py
 

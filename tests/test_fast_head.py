@@ -9,7 +9,12 @@ from segment_anything.modeling.transformer import Attention
 
 from nnunet_autosam.model.heads.autosam import AutoSAMHead
 from nnunet_autosam.model.heads.cnn import CNNHead
-from nnunet_autosam.model.heads.fast_layers import FusedLayerNorm2d, MatmulConvTranspose2d, SDPAAttention, use_fast_layers
+from nnunet_autosam.model.heads.fast_layers import (
+    FusedLayerNorm2d,
+    MatmulConvTranspose2d,
+    SDPAAttention,
+    use_fast_layers,
+)
 from nnunet_autosam.model.heads.linear import LinearHead
 from nnunet_autosam.model.network import build_head
 
@@ -21,7 +26,7 @@ def _close(reference: torch.Tensor, fast: torch.Tensor, scale=None) -> bool:
     return (fast - reference).abs().max().item() <= TOLERANCE * scale
 
 
-HEADS = {"autosam": lambda: AutoSAMHead(4, 16), "linear": lambda: LinearHead(3), "cnn": lambda: CNNHead(2, width=128)}
+HEADS = {"autosam": lambda: AutoSAMHead(4, 16), "linear": lambda: LinearHead(3, 16), "cnn": lambda: CNNHead(2, 16, width=128)}
 
 
 @pytest.mark.parametrize("make_head", HEADS.values(), ids=HEADS.keys())

@@ -7,14 +7,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from damaged_files import DAMAGES, cli_run, truncate
+
 from nnunet_autosam import cli
 from nnunet_autosam.data.conversion import convert_acdc
-from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.evaluation.metrics import evaluate_folder
 from nnunet_autosam.data.image_checks import itk_warnings_off, nifti_problem, require_intact
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
+from nnunet_autosam.evaluation.metrics import evaluate_folder
+from nnunet_autosam.utilities.errors import InputError
 
 SMALL = (3, 32, 32)
 

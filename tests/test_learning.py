@@ -13,10 +13,11 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from nnunet_autosam.training.embedding_cache import CachedBatches, CachedSamples
-from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
+from nnunet_autosam.model.network import build_sam_network
+from nnunet_autosam.training.embedding_cache.loader import CachedBatches
+from nnunet_autosam.training.embedding_cache.storage import CachedSamples
 from nnunet_autosam.training.trainers import AutoSAMTrainer
 
 STEPS = 100

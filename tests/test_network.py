@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+from sam_files import write_sam_checkpoint
 
-from nnunet_autosam.model.encoders import sam_vit
-from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.model.network import build_sam_network
 from nnunet_autosam.experiment_planning.settings import EncoderSettings
+from nnunet_autosam.model.encoders import sam_vit
+from nnunet_autosam.model.network import build_sam_network
 from nnunet_autosam.training.trainer_base import schedule_from_environment
 from nnunet_autosam.training.trainers import AutoSAMFullFTTrainer, AutoSAMTrainer, SAMCNNTrainer, SAMLinearTrainer
-from sam_files import write_sam_checkpoint
+from nnunet_autosam.utilities.errors import InputError
 
 TINY = EncoderSettings("tiny", 128)
 

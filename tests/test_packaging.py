@@ -21,7 +21,7 @@ LOOKUP = """
 import os, sys
 import nnunet_autosam
 from importlib import resources
-from nnunet_autosam.run.doctor import trainer_dir
+from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 from nnunet_autosam.experiment_planning.plans import load_preset
 os.environ["nnUNet_extTrainer"] = str(trainer_dir())
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name

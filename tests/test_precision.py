@@ -9,14 +9,14 @@ bf16 is forced with AUTOSAM_CPU_BF16=1 so that these tests mean the same on a CP
 import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-from nnunet_autosam.utilities import precision
-from nnunet_autosam.training.embedding_cache import cache_key, cache_key_fields
-from nnunet_autosam.model.embedding_memo import MEMO_ENV, EmbeddingMemo
-from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.experiment_planning.settings import CacheMode, EncoderSettings
 from sam_files import write_sam_checkpoint
+
+from nnunet_autosam.experiment_planning.settings import CacheMode, EncoderSettings
+from nnunet_autosam.model.embedding_memo import MEMO_ENV, EmbeddingMemo
+from nnunet_autosam.model.network import build_sam_network
+from nnunet_autosam.training.embedding_cache.storage import cache_key, cache_key_fields
+from nnunet_autosam.utilities import precision
+from nnunet_autosam.utilities.errors import InputError
 
 CPU = torch.device("cpu")
 TINY = EncoderSettings("tiny", 128)

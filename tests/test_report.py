@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.evaluation.methods import method_display_name
 from nnunet_autosam.evaluation.metrics import evaluate_folder
-from nnunet_autosam.evaluation.report import build_report, method_display_name
+from nnunet_autosam.evaluation.report import build_report
+from nnunet_autosam.utilities.errors import InputError
 
 DATASET = "Dataset027_ACDC"
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}

@@ -7,8 +7,8 @@ import pytest
 
 from nnunet_autosam.data import splits
 from nnunet_autosam.data.conversion import convert_acdc, read_info_cfg
-from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.data.splits import make_few_label_splits, write_splits
+from nnunet_autosam.utilities.errors import InputError
 
 PER_GROUP = 3
 

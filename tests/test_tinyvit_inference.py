@@ -4,11 +4,11 @@ import copy
 
 import torch
 
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from nnunet_autosam.model.encoders.base import load_sam_state_dict
 from nnunet_autosam.model.encoders.lite_medsam import FAMILY
 from nnunet_autosam.model.encoders.tinyvit_inference import inference_form, uses_inference_form
 from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.experiment_planning.settings import EncoderSettings
 
 LITE = EncoderSettings("lite_medsam", 256)
 

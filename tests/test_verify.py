@@ -4,12 +4,12 @@ import json
 
 import pytest
 import SimpleITK as sitk
-
 from damaged_files import DAMAGES, cli_run
-from nnunet_autosam.run import doctor
+
 from nnunet_autosam.data.conversion import convert_acdc
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
 from nnunet_autosam.data.verify import verify_dataset
+from nnunet_autosam.run import doctor
 
 # one damaged file per kind, spread over the four folders verify reads
 DAMAGED_FILES = {

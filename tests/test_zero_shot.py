@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from sam_files import write_sam_checkpoint
 
 from nnunet_autosam import cli
-from nnunet_autosam.inference import zero_shot
 from nnunet_autosam.data.conversion import convert_acdc
+from nnunet_autosam.inference import zero_shot
 from nnunet_autosam.utilities.errors import InputError
-from sam_files import write_sam_checkpoint
 
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 

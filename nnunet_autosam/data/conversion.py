@@ -19,11 +19,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_autosam.data.image_checks import (
+    geometry_mismatch,
+    itk_warnings_off,
+    require_intact,
+    unexpected_label_values,
+)
+from nnunet_autosam.data.splits import by_group, stratified_draw
 from nnunet_autosam.utilities.atomic import atomic_path, write_json
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.data.image_checks import geometry_mismatch, itk_warnings_off, require_intact, unexpected_label_values
 from nnunet_autosam.utilities.nnunet_paths import nnunet_folder
-from nnunet_autosam.data.splits import by_group, stratified_draw
 
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 CHANNEL_NAMES = {"0": "cineMRI"}

@@ -11,21 +11,18 @@ there is any.
 """
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from tqdm import tqdm
 
-from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.data.image_checks import geometry_mismatch, itk_warnings_off, nifti_problem, unexpected_label_values
 from nnunet_autosam.evaluation.metrics import list_cases
-from nnunet_autosam.data.image_checks import (geometry_mismatch, itk_warnings_off, nifti_problem,
-                                         unexpected_label_values)
-from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, resolve_dataset
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.nnunet_paths import RAW_IMAGE_NAME, nnunet_folder, resolve_dataset
 
 SUBSETS = ("Tr", "Ts")
-CHANNEL_SUFFIX = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
 
 @dataclass
@@ -65,7 +62,7 @@ def subset_cases(folder: Path, subset: str, num_channels: int, file_ending: str,
     images_dir, labels_dir = folder / f"images{subset}", folder / f"labels{subset}"
     channels: dict = {}
     for stem, path in files_ending(images_dir, file_ending).items():
-        match = CHANNEL_SUFFIX.fullmatch(stem)
+        match = RAW_IMAGE_NAME.fullmatch(stem)
         if match and int(match["channel"]) < num_channels:
             channels.setdefault(match["case"], {})[int(match["channel"])] = path
         else:

@@ -28,16 +28,20 @@ import numpy as np
 import SimpleITK as sitk
 from medpy.metric.binary import assd, hd95
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.evaluation.evaluate_predictions import (compute_metrics, label_or_region_to_key,
-                                                      region_or_label_to_mask, save_summary_json)
+from nnunetv2.evaluation.evaluate_predictions import (
+    compute_metrics,
+    label_or_region_to_key,
+    region_or_label_to_mask,
+    save_summary_json,
+)
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from tqdm import tqdm
 
+from nnunet_autosam.data.image_checks import require_intact
 from nnunet_autosam.utilities.atomic import atomic_path
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.data.image_checks import require_intact
 
 DEFAULT_FILE_ENDING = ".nii.gz"
 DEFAULT_SUMMARY_NAME = "summary_autosam.json"  # not summary.json: nnU-Net writes that one itself

@@ -15,11 +15,11 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from nnunet_autosam.experiment_planning.settings import parse_mode
 from nnunet_autosam.model import encoders
 from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.nnunet_paths import preprocessed_folder
-from nnunet_autosam.experiment_planning.settings import parse_mode
 
 
 def load_preset(encoder_type: str) -> dict:

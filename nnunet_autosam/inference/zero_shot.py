@@ -25,7 +25,6 @@ reference foreground are left background without running SAM.
 """
 
 import json
-import re
 import zlib
 from pathlib import Path
 from typing import Optional, Sequence
@@ -38,17 +37,17 @@ from nnunetv2.preprocessing.normalization.default_normalization_schemes import Z
 from torch import nn
 from tqdm import tqdm
 
-from nnunet_autosam.model import encoders
-from nnunet_autosam.utilities.atomic import atomic_path
-from nnunet_autosam.model.encoders.base import load_sam_state_dict, load_strictly, state_part
-from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.data.image_checks import itk_warnings_off, require_intact
-from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, resolve_dataset
 from nnunet_autosam.experiment_planning.plans import load_preset
+from nnunet_autosam.model import encoders
+from nnunet_autosam.model.encoders.base import load_strictly, state_part
+from nnunet_autosam.utilities.atomic import atomic_path
+from nnunet_autosam.utilities.devices import pick_device
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.nnunet_paths import RAW_IMAGE_NAME, nnunet_folder, resolve_dataset
 from nnunet_autosam.utilities.precision import encoder_autocast
 
 DEFAULT_FILE_ENDING = ".nii.gz"
-RAW_IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
 
 
 def load_sam_part(module: nn.Module, prefix: str, sam_state: dict, path: Path) -> None:
@@ -78,19 +77,12 @@ class BoxPromptSegmenter(nn.Module):
 
         The encoder's family builds them: SAM's modules for SAM's ViTs, LiteMedSAM's own for lite_medsam.
         """
-        family = encoders.family(encoder_type)
-        family.check_input_size(encoder_type, input_size)
-        image_encoder = family.build_encoder(encoder_type, input_size)
-        prompt_encoder, mask_decoder = family.build_prompt_modules(encoder_type, input_size)
-        path = family.resolve_checkpoint(encoder_type, checkpoint)
-        if path is not None:
-            sam_state = load_sam_state_dict(path)
-            family.load_encoder(image_encoder, encoder_type, sam_state, path)
-            load_sam_part(prompt_encoder, "prompt_encoder.", sam_state, path)
-            load_sam_part(mask_decoder, "mask_decoder.", sam_state, path)
-        image_encoder = family.inference_form(encoder_type, image_encoder)
-        return cls(family.input_mapping(encoder_type, input_size), image_encoder, prompt_encoder, mask_decoder,
-                   input_size).eval()
+        built = encoders.build_encoder(encoder_type, input_size, checkpoint, frozen=True)
+        prompt_encoder, mask_decoder = encoders.family(encoder_type).build_prompt_modules(encoder_type, input_size)
+        if built.path is not None:
+            load_sam_part(prompt_encoder, "prompt_encoder.", built.sam_state, built.path)
+            load_sam_part(mask_decoder, "mask_decoder.", built.sam_state, built.path)
+        return cls(built.input_mapping, built.encoder, prompt_encoder, mask_decoder, input_size).eval()
 
     @property
     def device(self) -> torch.device:
@@ -259,15 +251,6 @@ def write_prediction(prediction: np.ndarray, image: sitk.Image, target: Path) ->
     output.CopyInformation(image)
     with atomic_path(target) as tmp:
         sitk.WriteImage(output, str(tmp), True)
-
-
-def pick_device(device: Optional[str]) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
 
 
 def predict_zero_shot(images_dir, output_dir, label_dirs: Sequence, encoder_type: str = "vit_b",

@@ -19,29 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.embedding_memo import EmbeddingMemo
-from nnunet_autosam.model.encoders.base import EMBEDDING_DIM, file_sha256, load_sam_state_dict
-from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.model.heads.autosam import AutoSAMHead
-from nnunet_autosam.model.heads.cnn import CNNHead
+from nnunet_autosam.model.encoders.base import EMBEDDING_DIM, file_sha256
+from nnunet_autosam.model.heads import head_spec
 from nnunet_autosam.model.heads.fast_layers import use_fast_layers
-from nnunet_autosam.model.heads.linear import LinearHead
+from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.precision import cpu_autocast, encoder_autocast
-from nnunet_autosam.experiment_planning.settings import EncoderSettings
-
-HEADS = ("autosam", "cnn", "linear")
 
 
 def build_head(head: str, num_classes: int, grid_size: int) -> nn.Module:
-    """The head, its layers in their faster forms (heads/fast_layers.py: same keys and math)."""
-    if head == "autosam":
-        return use_fast_layers(AutoSAMHead(num_classes, grid_size))
-    if head == "cnn":
-        return use_fast_layers(CNNHead(num_classes))
-    if head == "linear":
-        return use_fast_layers(LinearHead(num_classes))
-    raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+    """The registered head ``head``, its layers in their faster forms (heads/fast_layers.py: same keys and math)."""
+    return use_fast_layers(head_spec(head).head_class(num_classes, grid_size))
 
 
 class SAMSegmentationNetwork(nn.Module):
@@ -142,17 +132,11 @@ def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: 
     encoder_type, input_size = settings.encoder_type, settings.input_size
     family = encoders.family(encoder_type)
     family.check_input_size(encoder_type, input_size)
-    input_mapping = family.input_mapping(encoder_type, input_size)
-    encoder = family.build_encoder(encoder_type, input_size)
+    # The head first: its random start draws from the global generator, which the (seeded) encoder build leaves alone.
     head_module = build_head(head, num_classes, family.embedding_grid(encoder_type, input_size))
-    path = family.resolve_checkpoint(encoder_type, settings.checkpoint)
-    if path is not None:
-        sam_state = load_sam_state_dict(path)
-        family.load_encoder(encoder, encoder_type, sam_state, path)
-        if isinstance(head_module, AutoSAMHead) and any(k.startswith("mask_decoder.") for k in sam_state):
-            head_module.load_sam_decoder(sam_state)
-    if not train_encoder:
-        encoder = family.inference_form(encoder_type, encoder)
+    built = encoders.build_encoder(encoder_type, input_size, settings.checkpoint, frozen=not train_encoder)
+    head_module.load_pretrained(built.sam_state)
+    encoder, input_mapping, path = built.encoder, built.input_mapping, built.path
     identity = {
         "encoder_type": encoder_type,
         "input_size": input_size,

@@ -1,24 +1,13 @@
 """`nnunet-autosam doctor` checks the set-up; `nnunet-autosam trainer-dir` prints the folder for nnUNet_extTrainer."""
 
 import os
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 from nnunet_autosam.model import encoders
+from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 
 MIN_NNUNET = (2, 8, 1)
-
-
-def trainer_dir() -> Path:
-    """The repository's trainers/ folder: a source checkout's own when the package runs from one, else the installed copy.
-
-    A checkout on PYTHONPATH (as tests/mutants.py runs a copy) may have no installed ext_trainers package, or one
-    that an editable install maps onto another checkout's trainers/.
-    """
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "setup.py").is_file() and (checkout / "trainers").is_dir():
-        return checkout / "trainers"
-    return Path(str(resources.files("nnunet_autosam.ext_trainers")))
 
 
 def _version_tuple(version: str) -> tuple:

@@ -47,22 +47,21 @@ from time import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from batchgenerators.utilities.file_and_folder_operations import join
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
-from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.collate_outputs import collate_outputs
-
+from nnunet_autosam.training.trainer_base import nnUNetTrainerEnvSchedule
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.precision import training_autocast
-from nnunet_autosam.training.trainer_base import nnUNetTrainerEnvSchedule
 
 HEAD_KEY = "simclr_projection_head"
 
@@ -247,16 +246,7 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
         # Why: two views -> encoder -> projection head -> NT-Xent; the target (labels) is ignored.
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._views_loss(batch)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
-            self.optimizer.step()
+        self.backward_and_step(loss, self._trained_parameters())
         return {"loss": loss.detach().cpu().numpy()}
 
     def on_train_epoch_start(self):

@@ -22,17 +22,18 @@ import os
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_autosam.training import embedding_cache
-from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.utilities.precision import autocast_forward_on_cpu, describe, embedding_precision, training_autocast
 from nnunet_autosam.experiment_planning.settings import CACHE_ENV, CacheMode, EncoderSettings, mode_from_settings
+from nnunet_autosam.model.network import build_sam_network
+from nnunet_autosam.training.embedding_cache.loader import CachedBatches
+from nnunet_autosam.training.embedding_cache.storage import EmbeddingCache, check_label_based
+from nnunet_autosam.training.embedding_cache.views import training_view_sampler
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.precision import autocast_forward_on_cpu, describe, embedding_precision, training_autocast
 
 SCHEDULE_VARIABLES = {
     "AUTOSAM_NUM_EPOCHS": "num_epochs",
@@ -96,6 +97,23 @@ class nnUNetTrainerEnvSchedule(nnUNetTrainer):
                                                            num_output_channels, enable_deep_supervision)
         return autocast_forward_on_cpu(network)
 
+    def backward_and_step(self, loss: torch.Tensor, parameters) -> None:
+        """nnU-Net's train_step from the loss on: backward (scaled under fp16), clip the gradient norm at 12, step.
+
+        For the steps that compute their own loss (a cached batch, SimCLR's views) so that they update as nnU-Net does.
+        """
+        parameters = list(parameters)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 12)
+            self.optimizer.step()
+
 
 class SAMTrainerBase(nnUNetTrainerEnvSchedule):
     """Base for the SAM trainers. Subclasses set ``head`` and, to fine-tune the encoder, ``train_encoder``."""
@@ -130,7 +148,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
             if self.is_ddp:
                 raise InputError(f"embedding cache mode {self.embedding_cache_mode} trains on one device: run "
                                  f"without -num_gpus, or set {CACHE_ENV}=off")
-            embedding_cache.check_label_based(self.label_manager)
+            check_label_based(self.label_manager)
         self.print_to_log_file(f"embedding cache mode: {self.embedding_cache_mode}" + (
             " (training iterations read cached embeddings and run only the head; validation runs the full "
             "network on the fly)" if self.embedding_cache_mode.enabled else " (encoder runs on the fly)"))
@@ -160,15 +178,15 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
             loader_tr._finish()  # nnU-Net's augmentation workers for training are not needed
         return self._cached_training_batches(), loader_val
 
-    def _cached_training_batches(self) -> "embedding_cache.CachedBatches":
+    def _cached_training_batches(self) -> "CachedBatches":
         mode, network = self.embedding_cache_mode, self._sam_network()
         dataset = self._training_dataset
         sampler = None
         if mode.kind == "cache_views":
-            sampler = embedding_cache.training_view_sampler(
+            sampler = training_view_sampler(
                 type(self), dataset, self.configuration_manager, self.label_manager,
                 self.oversample_foreground_percent)
-        cache = embedding_cache.EmbeddingCache(
+        cache = EmbeddingCache(
             self.preprocessed_dataset_folder_base, network.identity, self.configuration_manager.data_identifier,
             self.configuration_manager.patch_size, mode, dataset, sampler, precision=embedding_precision(self.device))
         cases = sorted(dataset.identifiers)
@@ -182,7 +200,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         if mode.kind == "cache":
             self.print_to_log_file("embedding cache: training without data augmentation (each slice padded/cropped "
                                    "to the patch size once)")
-        return embedding_cache.CachedBatches(samples, self.batch_size, self.oversample_foreground_percent)
+        return CachedBatches(samples, self.batch_size, self.oversample_foreground_percent)
 
     def train_step(self, batch: dict) -> dict:
         # A cached batch holds embeddings, not images: run the head alone (nnU-Net's step would run the encoder).
@@ -195,16 +213,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         # nnU-Net's fp16 autocast on CUDA, as in its own train_step; bf16 on a CPU where it is on (segment() sets it too).
         with training_autocast(self.device):
             loss = self.loss(network.segment(embedding, target.shape[-2:]), target)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        self.backward_and_step(loss, self.network.parameters())
         return {"loss": loss.detach().cpu().numpy()}
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):

@@ -1,9 +1,13 @@
 """nnU-Net's folder variables and dataset names, with one-line errors instead of nnU-Net's tracebacks."""
 
 import os
+import re
+from importlib import resources
 from pathlib import Path
 
 from nnunet_autosam.utilities.errors import InputError
+
+RAW_IMAGE_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net raw naming: CASE_XXXX, XXXX the channel
 
 
 def nnunet_folder(variable: str) -> Path:
@@ -35,3 +39,15 @@ def resolve_dataset(dataset) -> str:
 def preprocessed_folder(dataset) -> Path:
     """$nnUNet_preprocessed/DatasetXXX_NAME for an id or a name."""
     return nnunet_folder("nnUNet_preprocessed") / resolve_dataset(dataset)
+
+
+def trainer_dir() -> Path:
+    """The repository's trainers/ folder: a source checkout's own when the package runs from one, else the installed copy.
+
+    A checkout on PYTHONPATH (as tests/mutants.py runs a copy) may have no installed ext_trainers package, or one
+    that an editable install maps onto another checkout's trainers/.
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.py").is_file() and (checkout / "trainers").is_dir():
+        return checkout / "trainers"
+    return Path(str(resources.files("nnunet_autosam.ext_trainers")))

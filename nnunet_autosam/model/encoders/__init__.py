@@ -6,10 +6,14 @@ Everything outside this package asks ``family(encoder_type)`` about an encoder.
 """
 
 import importlib
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, Tuple
+from pathlib import Path
+from typing import Dict, Optional, Tuple
 
-from nnunet_autosam.model.encoders.base import EncoderFamily
+from torch import nn
+
+from nnunet_autosam.model.encoders.base import EncoderFamily, InputMapping, load_sam_state_dict
 from nnunet_autosam.utilities.errors import InputError
 
 FAMILY_MODULES = (
@@ -51,3 +55,28 @@ def describe_encoder_state(encoder_state: dict) -> Tuple[str, str]:
         if description:
             return description
     return "an unknown encoder", "use a file that matches the encoder type"
+
+
+@dataclass
+class BuiltEncoder:
+    """An encoder as its family builds and loads it, with the file it came from (None: random weights)."""
+    encoder: nn.Module
+    input_mapping: InputMapping
+    path: Optional[Path]
+    sam_state: dict  # the whole file's state dict (empty without a file): heads and prompting load their parts
+
+
+def build_encoder(encoder_type: str, input_size: int, checkpoint: Optional[str], frozen: bool) -> BuiltEncoder:
+    """Build an encoder, load its weights file where the type has one, and (``frozen``) switch it to its
+    inference form: the one way the network and zero-shot prompting get an encoder."""
+    found = family(encoder_type)
+    found.check_input_size(encoder_type, input_size)
+    encoder = found.build_encoder(encoder_type, input_size)
+    path = found.resolve_checkpoint(encoder_type, checkpoint)
+    sam_state = {}
+    if path is not None:
+        sam_state = load_sam_state_dict(path)
+        found.load_encoder(encoder, encoder_type, sam_state, path)
+    if frozen:
+        encoder = found.inference_form(encoder_type, encoder)
+    return BuiltEncoder(encoder, found.input_mapping(encoder_type, input_size), path, sam_state)

@@ -32,9 +32,16 @@ their share of the encoder's time is small; benchmarks/speed.py measures it (``-
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, Block, ImageEncoderViT, get_rel_pos, window_partition, \
-    window_unpartition
+from segment_anything.modeling.image_encoder import (
+    Attention,
+    Block,
+    ImageEncoderViT,
+    get_rel_pos,
+    window_partition,
+    window_unpartition,
+)
 from torch import nn
+
 
 def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
                             size: tuple) -> torch.Tensor:

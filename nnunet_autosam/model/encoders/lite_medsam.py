@@ -26,8 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_autosam.model.encoders import describe_encoder_state
-from nnunet_autosam.model.encoders.base import (WEIGHTS_ENV, Z_WINDOW, EncoderFamily, InputMapping, load_strictly,
-                                          named_checkpoint, state_part, weights_folder)
+from nnunet_autosam.model.encoders.base import (
+    WEIGHTS_ENV,
+    Z_WINDOW,
+    EncoderFamily,
+    InputMapping,
+    load_strictly,
+    named_checkpoint,
+    state_part,
+    weights_folder,
+)
 from nnunet_autosam.utilities.errors import InputError
 
 INPUT_SIZE = 256

@@ -25,8 +25,17 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from nnunet_autosam.model.encoders import describe_encoder_state
-from nnunet_autosam.model.encoders.base import (EMBEDDING_DIM, WEIGHTS_ENV, Z_WINDOW, EncoderFamily, InputMapping,
-                                          load_strictly, named_checkpoint, state_part, weights_folder)
+from nnunet_autosam.model.encoders.base import (
+    EMBEDDING_DIM,
+    WEIGHTS_ENV,
+    Z_WINDOW,
+    EncoderFamily,
+    InputMapping,
+    load_strictly,
+    named_checkpoint,
+    state_part,
+    weights_folder,
+)
 from nnunet_autosam.model.encoders.fast_attention import use_fast_attention
 from nnunet_autosam.utilities.errors import InputError
 

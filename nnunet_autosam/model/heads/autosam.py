@@ -16,6 +16,7 @@ from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
 from nnunet_autosam.model.encoders.base import EMBEDDING_DIM, state_part
+from nnunet_autosam.model.heads.base import SegmentationHead
 
 SAM_MASK_TOKENS = 4  # SAM's decoder has one single-mask and three multimask output tokens
 
@@ -45,10 +46,9 @@ def token_dtype(embedding: torch.Tensor) -> torch.dtype:
     return embedding.dtype
 
 
-class AutoSAMHead(nn.Module):
+class AutoSAMHead(SegmentationHead):
     def __init__(self, num_classes: int, grid_size: int, dim: int = EMBEDDING_DIM):
-        super().__init__()
-        self.grid_size = grid_size
+        super().__init__(num_classes, grid_size, dim)
         self.transformer = TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=2048, num_heads=8)
         self.class_tokens = nn.Embedding(num_classes, dim)
         # SAM adds this learned "no mask prompt" embedding to the image embedding when no mask is given.
@@ -57,8 +57,13 @@ class AutoSAMHead(nn.Module):
         self.output_upscaling = sam_upscaling(dim)
         self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(num_classes))
 
-    def load_sam_decoder(self, sam_state: dict) -> None:
-        """Start from a SAM checkpoint's decoder: class i's hypernetwork MLP from SAM's mask token i mod 4."""
+    def load_pretrained(self, sam_state: dict) -> None:
+        """Start from a SAM checkpoint's decoder: class i's hypernetwork MLP from SAM's mask token i mod 4.
+
+        A file without a mask decoder (an encoder-only file) leaves the decoder as initialised.
+        """
+        if not any(key.startswith("mask_decoder.") for key in sam_state):
+            return
         self.transformer.load_state_dict(state_part(sam_state, "mask_decoder.transformer."))
         self.output_upscaling.load_state_dict(state_part(sam_state, "mask_decoder.output_upscaling."))
         self.no_mask_embed.load_state_dict(state_part(sam_state, "prompt_encoder.no_mask_embed."))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nnunet_autosam.model.encoders.base import EMBEDDING_DIM
+from nnunet_autosam.model.heads.base import SegmentationHead
 
 
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -27,9 +28,9 @@ def upsampling_stage(in_channels: int) -> nn.Sequential:
                          nn.GroupNorm(32, out_channels), nn.GELU())
 
 
-class CNNHead(nn.Module):
-    def __init__(self, num_classes: int, dim: int = EMBEDDING_DIM, width: int = 1024):
-        super().__init__()
+class CNNHead(SegmentationHead):
+    def __init__(self, num_classes: int, grid_size: int, dim: int = EMBEDDING_DIM, width: int = 1024):
+        super().__init__(num_classes, grid_size, dim)
         self.stem = nn.Sequential(conv_norm_act(dim, width, 1), conv_norm_act(width, width, 3))
         self.stages = nn.Sequential(upsampling_stage(width), upsampling_stage(width // 2))
         self.classifier = nn.Conv2d(width // 4, num_classes, kernel_size=1)

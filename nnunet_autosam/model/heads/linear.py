@@ -9,11 +9,12 @@ from torch import nn
 
 from nnunet_autosam.model.encoders.base import EMBEDDING_DIM
 from nnunet_autosam.model.heads.autosam import sam_upscaling
+from nnunet_autosam.model.heads.base import SegmentationHead
 
 
-class LinearHead(nn.Module):
-    def __init__(self, num_classes: int, dim: int = EMBEDDING_DIM):
-        super().__init__()
+class LinearHead(SegmentationHead):
+    def __init__(self, num_classes: int, grid_size: int, dim: int = EMBEDDING_DIM):
+        super().__init__(num_classes, grid_size, dim)
         self.upscaling = sam_upscaling(dim)
         self.classifier = nn.Conv2d(dim // 8, num_classes, kernel_size=1)
 

@@ -1,0 +1,36 @@
+"""What a results folder is called in tables and plots: the method's name, and the order of the rows."""
+
+from nnunet_autosam.model.heads import HEADS
+from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, SIMCLR_TRAINER
+
+# Row names and order: nnU-Net's rows, then every registered head's trainer, then AutoSAM with its encoder trained.
+METHOD_NAMES = {
+    "nnUNetTrainer": "nnU-Net 2d",
+    BASELINE_TRAINER: "nnU-Net 2d (short schedule)",
+    SIMCLR_TRAINER: "nnU-Net 2d + SimCLR",
+    **{spec.trainer: spec.display_name for spec in HEADS.values()},
+    FULL_FT_TRAINER: "AutoSAM (ft all)",
+}
+ZERO_SHOT_PREFIX = "zero-shot:"  # method key of a folder of `nnunet-autosam zero-shot` predictions
+DEFAULT_PLANS = "nnUNetPlans"
+DEFAULT_CONFIGURATION = "2d"
+
+
+def method_display_name(folder_name: str) -> str:
+    """A readable method name; plans and configuration are appended only when not the defaults."""
+    if folder_name.startswith(ZERO_SHOT_PREFIX):
+        return f"zero-shot SAM, oracle box prompts [{folder_name[len(ZERO_SHOT_PREFIX):]}]"
+    trainer, plans, configuration = folder_name.split("__")
+    name = METHOD_NAMES.get(trainer, trainer)
+    if plans != DEFAULT_PLANS:
+        name += f" [{plans}]"
+    if configuration != DEFAULT_CONFIGURATION:
+        name += f" ({configuration})"
+    return name
+
+
+def method_sort_key(folder_name: str):
+    """Known trainers in the paper's order, then the others alphabetically."""
+    trainer = folder_name.split("__")[0]
+    known = list(METHOD_NAMES)
+    return (known.index(trainer) if trainer in known else len(known), folder_name)

@@ -1,0 +1,100 @@
+"""Running the stock nnU-Net commands and the plugin's own in subprocesses, in one set of nnU-Net folders.
+
+The demo, the few-label runner, the learning check and the tests drive the project as a user does:
+through the commands, each in its own process, never through in-process calls that a command-line
+user would not make. nnU-Net's commands are found beside the running interpreter, so that
+``.venv/bin/nnunet-autosam demo`` works without an activated venv.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from nnunet_autosam.model.heads import HEADS
+from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.nnunet_paths import trainer_dir
+
+DATASET_ID = "27"  # ACDC's dataset id in the demo and the few-label runner
+STOCK_PLANS = "nnUNetPlans"
+BASELINE_TRAINER = "nnUNetTrainerEnvSchedule"  # stock nnU-Net on the same short schedule
+SIMCLR_PRETRAINER = "nnUNetTrainerSimCLR"  # self-supervised, once, on every training image
+SIMCLR_TRAINER = "nnUNetTrainerSimCLRFinetune"  # stock nnU-Net started from the SimCLR encoder
+FULL_FT_TRAINER = "AutoSAMFullFTTrainer"  # AutoSAM with its encoder trained too
+# Every SAM trainer: each registered head on a frozen encoder, then AutoSAM with its encoder trained.
+SAM_TRAINERS = (*(spec.trainer for spec in HEADS.values()), FULL_FT_TRAINER)
+
+# nnUNetv2_predict's sequential mode: each worker it would spawn re-imports nnU-Net (about 8 s on 2 cores), more
+# than overlapping saves on small volumes (measured here on 2 frames: 12 s sequential, 18 s with one worker
+# each, 28 s with the default three).
+SEQUENTIAL_PREDICTION = ("-npp", "0", "-nps", "0")
+
+
+def nnunet_command(name: str) -> str:
+    """The path of nnU-Net's console script ``name``: beside this interpreter first, then on PATH.
+
+    Why: a venv's scripts sit beside its python, and its bin/ is on PATH only while it is activated.
+    """
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise InputError(f"{name} is neither beside {sys.executable} nor on PATH: install nnU-Net into this "
+                         f"environment ({sys.executable} -m pip install 'nnunetv2>=2.8.1')")
+    return found
+
+
+class Workspace:
+    """nnU-Net folders under one root, and a runner for the stock and plugin commands in subprocesses."""
+
+    def __init__(self, root, schedule: dict, extra_env=None):
+        # One worker process each for preprocessing and export: for the demo's small cases, starting more
+        # costs more than they save (measured on 2 cores: a 4-case validation 23 s with two, 13-15 s with one).
+        self.root = Path(root)
+        self.env = dict(os.environ, nnUNet_raw=str(self.root / "nnUNet_raw"),
+                        nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
+                        nnUNet_results=str(self.root / "nnUNet_results"), nnUNet_extTrainer=str(trainer_dir()),
+                        nnUNet_def_n_proc="1", **schedule, **(extra_env or {}))
+        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def run(self, *command: str) -> str:
+        """Run one command (nnU-Net's by their bare names); return its stdout, or fail with its output's tail."""
+        env = self.env
+        if command[0] == "nnUNetv2_train" and "-device" in command and command[command.index("-device") + 1] == "cpu":
+            env = dict(env, nnUNet_n_proc_DA="0")  # augment in the main process: worker start-up dominates on CPU
+        if command[0].startswith("nnUNetv2_"):
+            command = (nnunet_command(command[0]), *command[1:])
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed with exit code {result.returncode}:\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        return result.stdout
+
+    def plugin(self, *args: str) -> str:
+        return self.run(sys.executable, "-m", "nnunet_autosam.cli", *args)
+
+    def prepare(self, source: Path, convert_args, encoder_args) -> str:
+        """Convert (with ``convert_args``), plan and preprocess, write SAM plans; returns the plans identifier."""
+        self.plugin("convert-acdc", str(source), "-d", DATASET_ID, *convert_args)
+        self.run("nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", self.env["nnUNet_def_n_proc"])
+        return self.plugin("plans", DATASET_ID, *encoder_args).strip().splitlines()[-1]
+
+    def train(self, trainer: str, fold, plans: str, device: str, *options: str) -> None:
+        self.run("nnUNetv2_train", DATASET_ID, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device,
+                 *options)
+
+    @property
+    def simclr_checkpoint(self) -> Path:
+        """Where SimCLR pretraining leaves the checkpoint that the fine-tuning folds start from."""
+        return (self.root / "nnUNet_results" / "Dataset027_ACDC" / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
+                / "fold_all" / "checkpoint_final.pth")
+
+    def pretrain_simclr(self, device: str) -> Path:
+        """SimCLR pretraining on every training image (fold ``all``); returns the checkpoint to fine-tune from."""
+        self.train(SIMCLR_PRETRAINER, "all", STOCK_PLANS, device)
+        return self.simclr_checkpoint
+
+    def predict(self, images: Path, output: Path, trainer: str, fold: int, plans: str, device: str) -> None:
+        self.run("nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", DATASET_ID, "-c", "2d",
+                 "-tr", trainer, "-p", plans, "-f", str(fold), "-device", device, "--disable_tta",
+                 *SEQUENTIAL_PREDICTION)
