@@ -6,13 +6,17 @@ from setuptools import find_packages, setup
 setup(
     name="nnunet_autosam",
     version="0.1.0",
-    description="Segment Anything (SAM) encoders with prompt-free heads as nnU-Net v2 trainers, for few-label medical segmentation",
+    description="Segment Anything (SAM) encoders with prompt-free heads as nnU-Net v2 trainers, "
+    "for few-label medical segmentation",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=[*find_packages(include=["nnunet_autosam", "nnunet_autosam.*"]), "nnunet_autosam.ext_trainers",
-              "nnunet_autosam.plan_presets"],
+    packages=[
+        *find_packages(include=["nnunet_autosam", "nnunet_autosam.*"]),
+        "nnunet_autosam.ext_trainers",
+        "nnunet_autosam.plan_presets",
+    ],
     package_dir={"nnunet_autosam.ext_trainers": "trainers", "nnunet_autosam.plan_presets": "plans"},
     package_data={"nnunet_autosam.plan_presets": ["*.json"]},
     install_requires=[

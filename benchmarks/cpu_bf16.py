@@ -21,13 +21,13 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-PATHS = ("encoder", "autosam_step", "linear_step", "cnn_step", "ftall_step", "nnunet_step", "predict",
-         "nnunet_predict")
+PATHS = ("encoder", "autosam_step", "linear_step", "cnn_step", "ftall_step", "nnunet_step", "predict", "nnunet_predict")
 
 
 @contextmanager
 def precision(name: str):
     from nnunet_autosam.utilities.precision import CPU_BF16_ENV
+
     previous = os.environ.get(CPU_BF16_ENV)
     os.environ[CPU_BF16_ENV] = "1" if name == "bf16" else "0"
     try:
@@ -42,25 +42,43 @@ def precision(name: str):
 def _loss():
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    return DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+
+    return DC_and_CE_loss(
+        {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
 
 
 def _trainer_optimizer(network, train_encoder: bool):
     """The SAM trainers' own optimizer (fused AdamW, encoder group for ft-all)."""
     from nnunet_autosam.training.trainers import AutoSAMTrainer
+
     trainer = AutoSAMTrainer.__new__(AutoSAMTrainer)
     trainer.network = network
-    trainer.initial_lr, trainer.weight_decay, trainer.num_epochs, trainer.train_encoder = 5e-4, 3e-5, 1000, train_encoder
+    trainer.initial_lr, trainer.weight_decay, trainer.num_epochs, trainer.train_encoder = (
+        5e-4,
+        3e-5,
+        1000,
+        train_encoder,
+    )
     return trainer.configure_optimizers()[0]
 
 
 def _sam_network(args, head: str, train_encoder: bool = False):
     from nnunet_autosam.experiment_planning.settings import EncoderSettings
     from nnunet_autosam.model.network import build_sam_network
+
     checkpoint = None if args.encoder in ("tiny", "lite_medsam") else args.weights
-    network = build_sam_network(EncoderSettings(args.encoder, args.input_size, checkpoint), head, 1, args.num_classes,
-                                train_encoder=train_encoder)
+    network = build_sam_network(
+        EncoderSettings(args.encoder, args.input_size, checkpoint),
+        head,
+        1,
+        args.num_classes,
+        train_encoder=train_encoder,
+    )
     return network.train()
 
 
@@ -73,6 +91,7 @@ def _training_step(network, optimizer, compute_loss):
         compute_loss().backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
         optimizer.step()
+
     return step
 
 
@@ -81,6 +100,7 @@ def _cached_step(args, head: str):
     import torch
 
     from nnunet_autosam.model import encoders
+
     network = _sam_network(args, head)
     optimizer, loss = _trainer_optimizer(network, False), _loss()
     grid = encoders.family(args.encoder).embedding_grid(args.encoder, args.input_size)
@@ -91,6 +111,7 @@ def _cached_step(args, head: str):
 
 def _ftall_step(args):
     import torch
+
     network = _sam_network(args, "autosam", train_encoder=True)
     optimizer, loss = _trainer_optimizer(network, True), _loss()
     data = torch.randn(args.batch_size, 1, *args.patch)
@@ -103,9 +124,16 @@ def unet_2d(args, deep_supervision: bool):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     from nnunet_autosam.utilities.precision import autocast_forward_on_cpu
-    network = get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                                     args.unet_arch, ["conv_op", "norm_op", "dropout_op", "nonlin"], 1,
-                                     args.num_classes, allow_init=True, deep_supervision=deep_supervision)
+
+    network = get_network_from_plans(
+        "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        args.unet_arch,
+        ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        1,
+        args.num_classes,
+        allow_init=True,
+        deep_supervision=deep_supervision,
+    )
     return autocast_forward_on_cpu(network)
 
 
@@ -113,6 +141,7 @@ def _nnunet_step(args):
     import torch
     import torch.nn.functional as F
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
     network = unet_2d(args, deep_supervision=True).train()
     optimizer = torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
     data = torch.randn(args.batch_size, 1, *args.patch)
@@ -120,7 +149,7 @@ def _nnunet_step(args):
     with torch.no_grad():
         sizes = [o.shape[-2:] for o in network(data[:1])]
     targets = [F.interpolate(target, size=s, mode="nearest") for s in sizes]
-    weights = [1 / 2 ** i for i in range(len(sizes))]
+    weights = [1 / 2**i for i in range(len(sizes))]
     weights[-1] = 0  # nnU-Net drops the lowest resolution
     loss = DeepSupervisionWrapper(_loss(), [w / sum(weights) for w in weights])
 
@@ -130,6 +159,7 @@ def _nnunet_step(args):
 def _time_pair(run, reps: int, count_flops: bool = True):
     """(best fp32 s, best bf16 s, FLOPs of one fp32 call): ``run`` in both precisions, interleaved."""
     from torch.utils.flop_counter import FlopCounterMode
+
     best = {"fp32": float("inf"), "bf16": float("inf")}
     flops = 0
     for rep in range(reps + 1):
@@ -151,13 +181,14 @@ def _time_pair(run, reps: int, count_flops: bool = True):
 def matmul_peak(size: int = 4096) -> dict:
     """GFLOP/s of one large matrix product, fp32 and under bf16 autocast (best of 3)."""
     import torch
+
     a, b = torch.randn(size, size), torch.randn(size, size)
     result = {}
     for name in ("fp32", "bf16"):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
             a @ b
             seconds = min(_timed(lambda: a @ b) for _ in range(3))
-        result[name] = 2 * size ** 3 / seconds / 1e9
+        result[name] = 2 * size**3 / seconds / 1e9
     return result
 
 
@@ -171,16 +202,25 @@ def _prediction(args, network, volume, mirroring: bool):
     """A run of nnUNetPredictor's sliding window over ``volume`` with ``network``; returns a callable."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.manual_initialization(network, args.plans_manager, args.configuration_manager, None,
-                                    args.dataset_json, "benchmark", (0, 1))
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=mirroring,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        allow_tqdm=False,
+    )
+    predictor.manual_initialization(
+        network, args.plans_manager, args.configuration_manager, None, args.dataset_json, "benchmark", (0, 1)
+    )
     outputs, calls = {}, []
     network.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape))
 
     def run():
         calls.clear()
         outputs[os.environ["AUTOSAM_CPU_BF16"]] = predictor.predict_sliding_window_return_logits(volume)
+
     return run, outputs, calls
 
 
@@ -189,6 +229,7 @@ def _forward_flops(network, shape) -> int:
     tracker fails on module inputs derived from parameters under inference mode, as the predictor runs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         network(torch.randn(shape))
     return counter.get_total_flops()
@@ -197,6 +238,7 @@ def _forward_flops(network, shape) -> int:
 def measure(args) -> dict:
     """Every path in fp32 and bf16: {path: (fp32 s, bf16 s, FLOPs)}, plus the matmul peak and the deviations."""
     import torch
+
     results = {"matmul_gflops": matmul_peak()}
     images = torch.randn(args.batch_size, 1, *args.patch)
     encoder_network = _sam_network(args, "linear").eval()
@@ -205,6 +247,7 @@ def measure(args) -> dict:
     def encode():
         with torch.inference_mode():
             embeddings[os.environ["AUTOSAM_CPU_BF16"]] = encoder_network.encode(images)
+
     results["encoder"] = _time_pair(encode, args.encoder_reps)
     fp32, bf16 = embeddings["0"], embeddings["1"]
     results["embedding_max_error"] = ((bf16 - fp32).abs().max() / fp32.abs().max()).item()
@@ -215,8 +258,10 @@ def measure(args) -> dict:
     results["ftall_step"] = _time_pair(_ftall_step(args), max(1, args.steps - 1))
     results["nnunet_step"] = _time_pair(_nnunet_step(args), args.steps)
     volume = torch.from_numpy(args.volume)
-    for path, network, mirroring in (("predict", _sam_network(args, "autosam").eval(), False),
-                                     ("nnunet_predict", unet_2d(args, deep_supervision=False).eval(), True)):
+    for path, network, mirroring in (
+        ("predict", _sam_network(args, "autosam").eval(), False),
+        ("nnunet_predict", unet_2d(args, deep_supervision=False).eval(), True),
+    ):
         run, outputs, calls = _prediction(args, network, volume, mirroring)
         fp32_s, bf16_s, _ = _time_pair(run, max(1, args.steps - 2), count_flops=False)
         flops = sum(_forward_flops(network, shape) * count for shape, count in Counter(calls).items())
@@ -229,23 +274,33 @@ def measure(args) -> dict:
 def print_report(results: dict, batch_size: int) -> str:
     """The table (markdown) and the closing ``bf16:`` line; returns that line."""
     peak = results["matmul_gflops"]["bf16"]
-    print(f"\nCPU fp32 against bf16 autocast (AUTOSAM_CPU_BF16=0 / 1), best of interleaved runs; large matmul: "
-          f"fp32 {results['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {peak:.0f} GFLOP/s "
-          f"(x{peak / results['matmul_gflops']['fp32']:.2f})\n"
-          f"| path | fp32 s | bf16 s | bf16 speed-up | GFLOP per call | bf16 GFLOP/s | share of bf16 matmul peak |\n"
-          f"|---|---|---|---|---|---|---|")
+    print(
+        f"\nCPU fp32 against bf16 autocast (AUTOSAM_CPU_BF16=0 / 1), best of interleaved runs; large matmul: "
+        f"fp32 {results['matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {peak:.0f} GFLOP/s "
+        f"(x{peak / results['matmul_gflops']['fp32']:.2f})\n"
+        f"| path | fp32 s | bf16 s | bf16 speed-up | GFLOP per call | bf16 GFLOP/s | share of bf16 matmul peak |\n"
+        f"|---|---|---|---|---|---|---|"
+    )
     for path in PATHS:
         fp32, bf16, flops = results[path]
         achieved = flops / bf16 / 1e9
-        print(f"| {path} | {fp32:.3f} | {bf16:.3f} | {fp32 / bf16:.2f} | {flops / 1e9:.1f} | {achieved:.0f} | "
-              f"{100 * achieved / peak:.0f}% |")
-    print(f"encoder: {batch_size / results['encoder'][0]:.2f} images/s fp32, {batch_size / results['encoder'][1]:.2f} "
-          f"bf16; bf16 embedding against fp32: max error {results['embedding_max_error']:.2e}, mean "
-          f"{results['embedding_mean_error']:.2e} (relative to the largest / mean magnitude)")
-    print(f"predicted labels equal to fp32's: ours {100 * results['predict_labels_equal']:.3f}%, nnU-Net "
-          f"{100 * results['nnunet_predict_labels_equal']:.3f}% of voxels")
+        print(
+            f"| {path} | {fp32:.3f} | {bf16:.3f} | {fp32 / bf16:.2f} | {flops / 1e9:.1f} | {achieved:.0f} | "
+            f"{100 * achieved / peak:.0f}% |"
+        )
+    print(
+        f"encoder: {batch_size / results['encoder'][0]:.2f} images/s fp32, {batch_size / results['encoder'][1]:.2f} "
+        f"bf16; bf16 embedding against fp32: max error {results['embedding_max_error']:.2e}, mean "
+        f"{results['embedding_mean_error']:.2e} (relative to the largest / mean magnitude)"
+    )
+    print(
+        f"predicted labels equal to fp32's: ours {100 * results['predict_labels_equal']:.3f}%, nnU-Net "
+        f"{100 * results['nnunet_predict_labels_equal']:.3f}% of voxels"
+    )
     ratio = {path: results[path][0] / results[path][1] for path in PATHS}
-    return (f"bf16: encoder={ratio['encoder']:.2f} nnunet_step={ratio['nnunet_step']:.2f} "
-            f"cnn_step={ratio['cnn_step']:.2f} autosam_step={ratio['autosam_step']:.2f} "
-            f"predict={ratio['predict']:.2f} linear_step={ratio['linear_step']:.2f} "
-            f"ftall_step={ratio['ftall_step']:.2f} nnunet_predict={ratio['nnunet_predict']:.2f}")
+    return (
+        f"bf16: encoder={ratio['encoder']:.2f} nnunet_step={ratio['nnunet_step']:.2f} "
+        f"cnn_step={ratio['cnn_step']:.2f} autosam_step={ratio['autosam_step']:.2f} "
+        f"predict={ratio['predict']:.2f} linear_step={ratio['linear_step']:.2f} "
+        f"ftall_step={ratio['ftall_step']:.2f} nnunet_predict={ratio['nnunet_predict']:.2f}"
+    )

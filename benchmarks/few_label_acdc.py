@@ -47,6 +47,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nnunet_autosam.data.conversion import default_acdc_folder
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
 from nnunet_autosam.utilities.atomic import atomic_path, write_json, write_text
 from nnunet_autosam.utilities.commands import DATASET_ID, STOCK_PLANS, Workspace
@@ -94,8 +95,11 @@ class Schedule:
     def environment(self) -> dict:
         if self.epochs is None:
             return {}
-        return {"AUTOSAM_NUM_EPOCHS": str(self.epochs), "AUTOSAM_ITERS_PER_EPOCH": str(self.iterations),
-                "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+        return {
+            "AUTOSAM_NUM_EPOCHS": str(self.epochs),
+            "AUTOSAM_ITERS_PER_EPOCH": str(self.iterations),
+            "AUTOSAM_VAL_ITERS_PER_EPOCH": "1",
+        }
 
 
 SCHEDULES = {
@@ -107,6 +111,7 @@ SCHEDULES = {
 @dataclass(frozen=True)
 class Run:
     """One method on one fold (train, then predict the test set), or the zero-shot baseline (fold None)."""
+
     method: str
     fold: int = None
 
@@ -138,12 +143,14 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     text = f"{cpu}, {os.cpu_count()} cores, {memory_gb:.0f} GB"
     import torch
+
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(0)}"
     return text
@@ -158,8 +165,9 @@ class LoggedWorkspace(Workspace):
         self.settings = settings
 
     def run(self, *command: str) -> str:
-        shown = ("nnunet-autosam", *command[3:]) if command[:3] == (sys.executable, "-m", "nnunet_autosam.cli") \
-            else command
+        shown = (
+            ("nnunet-autosam", *command[3:]) if command[:3] == (sys.executable, "-m", "nnunet_autosam.cli") else command
+        )
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(shlex.join(shown) + "\n")
         return super().run(*command)
@@ -172,8 +180,12 @@ class Experiment:
         self.schedule = SCHEDULES[args.schedule]
         if args.epochs or args.iters or args.batch_size:  # a custom schedule, e.g. a smoke test
             base = self.schedule
-            self.schedule = Schedule(args.epochs or base.epochs or 1000, args.iters or base.iterations or 250,
-                                     args.batch_size or base.batch_size, base.one_seed_methods)
+            self.schedule = Schedule(
+                args.epochs or base.epochs or 1000,
+                args.iters or base.iterations or 250,
+                args.batch_size or base.batch_size,
+                base.one_seed_methods,
+            )
         # Test tiles of every frozen-encoder method and fold share one encoder pass (embedding_memo.py).
         settings = {**self.schedule.environment(), MEMO_ENV: str(self.root / "embedding_memo")}
         self.workspace = LoggedWorkspace(self.root, settings)
@@ -209,10 +221,23 @@ class Experiment:
             if not batch_args:  # the full schedule: nnU-Net's planned batch, known only now
                 self.workspace.plugin("plans", DATASET_ID, *encoder_args, "--batch-size", str(batch_size))
             stock_plans = self.stock_plans(batch_size)
-            self.workspace.plugin("splits", DATASET_ID, "--labelled", *map(str, self.args.budgets), "--seeds",
-                                  str(self.args.seeds), "--val-patients", str(self.args.val_patients), "--force")
-            prepared = {"sam_plans": sam_plans, "stock_plans": stock_plans, "batch_size": batch_size,
-                        "wall_s": round(time.perf_counter() - start, 1)}
+            self.workspace.plugin(
+                "splits",
+                DATASET_ID,
+                "--labelled",
+                *map(str, self.args.budgets),
+                "--seeds",
+                str(self.args.seeds),
+                "--val-patients",
+                str(self.args.val_patients),
+                "--force",
+            )
+            prepared = {
+                "sam_plans": sam_plans,
+                "stock_plans": stock_plans,
+                "batch_size": batch_size,
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
             write_json(prepared, marker)
             return prepared
 
@@ -292,9 +317,20 @@ class Experiment:
         record = {"run": run.name, "method": run.method, "fold": run.fold, "started": now()}
         if run.fold is None:
             shutil.rmtree(self.zero_shot_dir(), ignore_errors=True)
-            self.workspace.plugin("zero-shot", "-d", DATASET_ID, "-i", str(self.test_images), "-o",
-                                  str(self.zero_shot_dir()), "--encoder", self.args.encoder, "--device",
-                                  self.args.device, *self.input_size_args())
+            self.workspace.plugin(
+                "zero-shot",
+                "-d",
+                DATASET_ID,
+                "-i",
+                str(self.test_images),
+                "-o",
+                str(self.zero_shot_dir()),
+                "--encoder",
+                self.args.encoder,
+                "--device",
+                self.args.device,
+                *self.input_size_args(),
+            )
             record["predict_s"] = round(time.perf_counter() - start, 1)
         else:
             folder = self.folder(run.method, prepared)
@@ -305,11 +341,13 @@ class Experiment:
             options = ["-pretrained_weights", str(self.simclr_checkpoint())] if run.method == "simclr" else []
             self.workspace.train(self.trainer(run.method), run.fold, plans, self.args.device, *options)
             record["train_s"] = round(time.perf_counter() - start, 1)
-            self.workspace.predict(self.test_images, predictions, self.trainer(run.method), run.fold, plans,
-                                   self.args.device)
+            self.workspace.predict(
+                self.test_images, predictions, self.trainer(run.method), run.fold, plans, self.args.device
+            )
             record["predict_s"] = round(time.perf_counter() - start - record["train_s"], 1)
-        record.update(wall_s=round(time.perf_counter() - start, 1), finished=now(), machine=machine(),
-                      device=self.args.device)
+        record.update(
+            wall_s=round(time.perf_counter() - start, 1), finished=now(), machine=machine(), device=self.args.device
+        )
         write_json(record, marker)
 
     def input_size_args(self) -> list:
@@ -322,9 +360,18 @@ class Experiment:
             if not marker.is_file():
                 start = time.perf_counter()
                 self.workspace.pretrain_simclr(self.args.device)
-                write_json({"run": "simclr_pretraining", "method": "simclr", "fold": None,
-                            "wall_s": round(time.perf_counter() - start, 1), "finished": now(), "machine": machine(),
-                            "device": self.args.device}, marker)
+                write_json(
+                    {
+                        "run": "simclr_pretraining",
+                        "method": "simclr",
+                        "fold": None,
+                        "wall_s": round(time.perf_counter() - start, 1),
+                        "finished": now(),
+                        "machine": machine(),
+                        "device": self.args.device,
+                    },
+                    marker,
+                )
         return self.workspace.simclr_checkpoint
 
     def plan(self) -> None:
@@ -334,8 +381,10 @@ class Experiment:
         for index, share in enumerate(shares):
             hours = sum(run.cost(self.schedule) for run in share) / 3600
             done = sum((self.runs_dir / f"{run.name}.json").is_file() for run in share)
-            print(f"shard {index}/{len(shares)}: about {hours:.1f} h on a 2-core CPU, "
-                  f"{done} of {len(share)} runs done: " + " ".join(run.name for run in share))
+            print(
+                f"shard {index}/{len(shares)}: about {hours:.1f} h on a 2-core CPU, "
+                f"{done} of {len(share)} runs done: " + " ".join(run.name for run in share)
+            )
 
     def run_shard(self) -> None:
         with open(self.root / "invocations.log", "a", encoding="utf-8") as log:
@@ -343,8 +392,10 @@ class Experiment:
         prepared = self.prepare()
         runs = self.shard(self.all_runs())
         todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]
-        print(f"shard {self.args.shard}: {len(runs)} runs, {len(runs) - len(todo)} done before, {len(todo)} to run",
-              flush=True)
+        print(
+            f"shard {self.args.shard}: {len(runs)} runs, {len(runs) - len(todo)} done before, {len(todo)} to run",
+            flush=True,
+        )
         for run in tqdm(todo, desc=f"few-label ACDC shard {self.args.shard}", unit="run"):
             tqdm.write(f"{now()} {run.name}")
             self.execute(run, prepared)
@@ -355,14 +406,30 @@ class Experiment:
         """Score what has finished and write the table, the plot, the commands and the timings to ``target``."""
         prepared = json.loads((self.root / "prepared.json").read_text())
         report_dir = self.root / "report"
-        zero_shot = ["--zero-shot", str(self.zero_shot_dir())] if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else []
-        self.workspace.plugin("report", "-d", DATASET_ID, "--test-pred-root", str(self.root / "test_predictions"),
-                              *zero_shot, "-o", str(report_dir), "-np", "2")
-        records = sorted((json.loads(path.read_text()) for path in self.runs_dir.glob("*.json")),
-                         key=lambda record: record["run"])
+        zero_shot = (
+            ["--zero-shot", str(self.zero_shot_dir())] if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else []
+        )
+        self.workspace.plugin(
+            "report",
+            "-d",
+            DATASET_ID,
+            "--test-pred-root",
+            str(self.root / "test_predictions"),
+            *zero_shot,
+            "-o",
+            str(report_dir),
+            "-np",
+            "2",
+        )
+        records = sorted(
+            (json.loads(path.read_text()) for path in self.runs_dir.glob("*.json")), key=lambda record: record["run"]
+        )
         target.mkdir(parents=True, exist_ok=True)
-        table = (self.header(prepared, records) + self.claims(report_dir / "report.csv")
-                 + (report_dir / "report.md").read_text(encoding="utf-8"))
+        table = (
+            self.header(prepared, records)
+            + self.claims(report_dir / "report.csv")
+            + (report_dir / "report.md").read_text(encoding="utf-8")
+        )
         write_text(table.replace(str(self.root), "OUTPUT"), target / "table.md")
         for source, name in (("report.csv", "table.csv"), ("report.png", "plot.png")):
             with atomic_path(target / name) as tmp:
@@ -373,8 +440,11 @@ class Experiment:
 
     def header(self, prepared: dict, records: list) -> str:
         schedule = self.schedule
-        steps = (f"{schedule.epochs} x {schedule.iterations} iterations" if schedule.epochs
-                 else "nnU-Net's 1000 x 250 iterations")
+        steps = (
+            f"{schedule.epochs} x {schedule.iterations} iterations"
+            if schedule.epochs
+            else "nnU-Net's 1000 x 250 iterations"
+        )
         info = json.loads((self.root / "nnUNet_raw" / DATASET / "acdc_info.json").read_text())
         test_patients = sorted(p for p, entry in info.items() if entry["subset"] != "training")
         by_method = {}
@@ -383,18 +453,21 @@ class Experiment:
         machines = sorted({f"{record['machine']} ({record['device']})" for record in records if "machine" in record})
         total = prepared["wall_s"] + sum(by_method.values())
         lines = [
-            f"# Few-label ACDC on `{self.args.encoder}`: test set of {len(test_patients)} patients", "",
+            f"# Few-label ACDC on `{self.args.encoder}`: test set of {len(test_patients)} patients",
+            "",
             f"- Schedule: every trained method {steps} at batch {prepared['batch_size']}"
             + (f"; {', '.join(schedule.one_seed_methods)} on seed 0 only" if schedule.one_seed_methods else "")
             + ". Frozen-encoder heads train from the embedding cache (no augmentation); nnU-Net and ft-all augment "
-              "as nnU-Net does. Prediction: nnUNetv2_predict, no test-time mirroring.",
-            f"- Test patients ({'held out with convert-acdc --holdout' if not self.args.test_from else 'official testing/'}"
+            "as nnU-Net does. Prediction: nnUNetv2_predict, no test-time mirroring.",
+            f"- Test patients ({'official testing/' if self.args.test_from else 'held out with convert-acdc --holdout'}"
             f", never used for any choice): {' '.join(test_patients)}",
             f"- Machine: {'; '.join(machines) or machine()}",
             f"- Wall time: preparation {prepared['wall_s'] / 60:.1f} min; "
             + ", ".join(f"{method} {seconds / 60:.1f} min" for method, seconds in sorted(by_method.items()))
             + f"; total {total / 3600:.2f} h",
-            "- Commands: commands.md; per-run times: timings.json", "", "",
+            "- Commands: commands.md; per-run times: timings.json",
+            "",
+            "",
         ]
         return "\n".join(lines)
 
@@ -411,21 +484,32 @@ class Experiment:
             return f"{title}\n\nNot measured: AutoSAM and stock nnU-Net need a scored fold each.\n\n"
         dice, reference = float(autosam["mean_Dice_mean"]), float(nnunet["mean_Dice_mean"])
         seeds = f"{autosam['n_seeds']} of {self.args.seeds} seeds"
-        return "\n".join([
-            title, "",
-            f"- AutoSAM's mean Dice, averaged over the seeds, is at least {CLAIM_MIN_DICE:g}: "
-            f"{'holds' if dice >= CLAIM_MIN_DICE else '**fails**'} ({dice:.1f} over {seeds})",
-            f"- AutoSAM beats stock nnU-Net at the same budget and schedule: "
-            f"{'holds' if dice > reference else '**fails**'} ({dice:.1f} against {reference:.1f})", "", ""])
+        return "\n".join(
+            [
+                title,
+                "",
+                f"- AutoSAM's mean Dice, averaged over the seeds, is at least {CLAIM_MIN_DICE:g}: "
+                f"{'holds' if dice >= CLAIM_MIN_DICE else '**fails**'} ({dice:.1f} over {seeds})",
+                f"- AutoSAM beats stock nnU-Net at the same budget and schedule: "
+                f"{'holds' if dice > reference else '**fails**'} ({dice:.1f} against {reference:.1f})",
+                "",
+                "",
+            ]
+        )
 
     def commands(self) -> str:
         invocations = (self.root / "invocations.log").read_text(encoding="utf-8")
         stock = (self.root / "commands.log").read_text(encoding="utf-8")
         settings = "".join(f"export {key}={value}\n" for key, value in self.workspace.settings.items())
-        return ("# Commands\n\nThe runner, as invoked (time, machine, command):\n\n```\n" + invocations
-                + "```\n\nWhat it ran, in order (OUTPUT is its --output folder; nnUNet_raw, nnUNet_preprocessed and "
-                  "nnUNet_results lie under it, and nnUNet_extTrainer is `nnunet-autosam trainer-dir`):\n\n```\n"
-                + settings + stock + "```\n").replace(str(self.root), "OUTPUT")
+        return (
+            "# Commands\n\nThe runner, as invoked (time, machine, command):\n\n```\n"
+            + invocations
+            + "```\n\nWhat it ran, in order (OUTPUT is its --output folder; nnUNet_raw, nnUNet_preprocessed and "
+            "nnUNet_results lie under it, and nnUNet_extTrainer is `nnunet-autosam trainer-dir`):\n\n```\n"
+            + settings
+            + stock
+            + "```\n"
+        ).replace(str(self.root), "OUTPUT")
 
 
 def now() -> str:
@@ -433,18 +517,28 @@ def now() -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--acdc", type=Path, default=Path(os.environ.get(
-        "NNUNET_AUTOSAM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc")),
-        help="ACDC folder holding training/ (default: $NNUNET_AUTOSAM_ACDC or ../shared/data/acdc)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--acdc",
+        type=Path,
+        default=default_acdc_folder(),
+        help="ACDC folder holding training/ (default: $NNUNET_AUTOSAM_ACDC or ../shared/data/acdc)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="working folder (nnU-Net folders, runs, report)")
-    parser.add_argument("--test-from", type=Path, help="an official ACDC testing/ folder as the test set "
-                                                       "(default: hold out --holdout training patients)")
+    parser.add_argument(
+        "--test-from",
+        type=Path,
+        help="an official ACDC testing/ folder as the test set (default: hold out --holdout training patients)",
+    )
     parser.add_argument("--holdout", type=int, default=20, help="held-out test patients (default: 20)")
-    parser.add_argument("--val-patients", type=int, default=2,
-                        help="patients of the shared validation set (default: 2; only nnU-Net's final "
-                             "validation uses them)")
+    parser.add_argument(
+        "--val-patients",
+        type=int,
+        default=2,
+        help="patients of the shared validation set (default: 2; only nnU-Net's final validation uses them)",
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 5], help="labelled patients (default: 1 5)")
     parser.add_argument("--seeds", type=int, default=3, help="folds per budget (default: 3)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*METHODS, ZERO_SHOT])
@@ -456,11 +550,18 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, help="override the schedule's batch size")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--shard", default="0/1", help="i/n: this shard's share of the runs (default 0/1: all)")
-    parser.add_argument("--plan", action="store_true",
-                        help="print how --shard i/n would split the runs (n from --shard) and each shard's expected "
-                             "hours on a 2-core CPU (trains nothing)")
-    parser.add_argument("--publish", type=Path, metavar="DIR",
-                        help="score the finished runs and write the table to DIR (trains nothing)")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print how --shard i/n would split the runs (n from --shard) and each shard's expected "
+        "hours on a 2-core CPU (trains nothing)",
+    )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        metavar="DIR",
+        help="score the finished runs and write the table to DIR (trains nothing)",
+    )
     return parser.parse_args(argv)
 
 

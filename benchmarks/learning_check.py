@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from nnunet_autosam.data.conversion import default_acdc_folder
 from nnunet_autosam.utilities.commands import DATASET_ID, Workspace
 
 TRAINING_PATIENTS = ("patient001", "patient011")
@@ -39,7 +40,7 @@ def acdc_subset(acdc: Path, folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--acdc", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/acdc")
+    parser.add_argument("--acdc", type=Path, default=default_acdc_folder())
     parser.add_argument("--encoder", default="lite_medsam")
     parser.add_argument("--trainer", default="AutoSAMTrainer")
     parser.add_argument("--epochs", type=int, default=12)
@@ -49,13 +50,19 @@ def main() -> None:
 
     times = {}
     start = time.perf_counter()
-    schedule = {"AUTOSAM_NUM_EPOCHS": str(args.epochs), "AUTOSAM_ITERS_PER_EPOCH": str(args.iters),
-                "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+    schedule = {
+        "AUTOSAM_NUM_EPOCHS": str(args.epochs),
+        "AUTOSAM_ITERS_PER_EPOCH": str(args.iters),
+        "AUTOSAM_VAL_ITERS_PER_EPOCH": "1",
+    }
     root = args.output.resolve() / args.encoder
     workspace = Workspace(root, schedule)
     source = acdc_subset(args.acdc, root / "acdc_subset")
-    plans = workspace.prepare(source, [], ["--encoder", args.encoder, "--input-size", "256", "--batch-size", "8",
-                                             "--embedding-cache", "cache"])
+    plans = workspace.prepare(
+        source,
+        [],
+        ["--encoder", args.encoder, "--input-size", "256", "--batch-size", "8", "--embedding-cache", "cache"],
+    )
     workspace.plugin("splits", DATASET_ID, "--labelled", "1", "--seeds", "1", "--val-patients", "1")
     times["prepare_s"] = time.perf_counter() - start
 
@@ -73,10 +80,18 @@ def main() -> None:
     dice = {CLASSES[label]: round(values["Dice"], 4) for label, values in summary["mean"].items()}
     splits = json.loads((root / "nnUNet_preprocessed" / "Dataset027_ACDC" / "few_label_splits.json").read_text())
     result = {
-        "trainer": args.trainer, "encoder": args.encoder, "input_size": 256, "batch_size": 8,
-        "iterations": args.epochs * args.iters, "epochs": args.epochs, "iterations_per_epoch": args.iters,
-        "embedding_cache": "cache (no augmentation)", "labelled": splits, "test_patients": list(TEST_PATIENTS),
-        "dice": dice, "mean_foreground_dice": round(sum(dice.values()) / len(dice), 4),
+        "trainer": args.trainer,
+        "encoder": args.encoder,
+        "input_size": 256,
+        "batch_size": 8,
+        "iterations": args.epochs * args.iters,
+        "epochs": args.epochs,
+        "iterations_per_epoch": args.iters,
+        "embedding_cache": "cache (no augmentation)",
+        "labelled": splits,
+        "test_patients": list(TEST_PATIENTS),
+        "dice": dice,
+        "mean_foreground_dice": round(sum(dice.values()) / len(dice), 4),
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }
     (root / "learning_check.json").write_text(json.dumps(result, indent=2))

@@ -38,13 +38,23 @@ def measure(encoder: str, trainer_name: str, input_size: int, batch_size: int, s
     trainer_class = getattr(trainers, trainer_name)
     checkpoint = None if encoder in ("tiny", "lite_medsam") else weights
     input_size = 256 if encoder == "lite_medsam" else input_size
-    network = build_sam_network(EncoderSettings(encoder, input_size, checkpoint), trainer_class.head, 1, 4,
-                                train_encoder=trainer_class.train_encoder).train()
+    network = build_sam_network(
+        EncoderSettings(encoder, input_size, checkpoint),
+        trainer_class.head,
+        1,
+        4,
+        train_encoder=trainer_class.train_encoder,
+    ).train()
     trainer = trainer_class.__new__(trainer_class)
     trainer.network, trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = network, 5e-4, 3e-5, 1000
     optimizer, _ = trainer.configure_optimizers()
-    loss_fn = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                             weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+    loss_fn = DC_and_CE_loss(
+        {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
     data, target = torch.randn(batch_size, 1, *PATCH), torch.randint(0, 4, (batch_size, 1, *PATCH)).float()
     with torch.no_grad():
         embedding = network.embed(data)
@@ -76,10 +86,16 @@ def measure(encoder: str, trainer_name: str, input_size: int, batch_size: int, s
         stored = Path(folder) / "stored.pth"
         torch.save(network.state_dict(), stored)
         sizes = (lean.stat().st_size, stored.stat().st_size)
-    return {"encoder": encoder, "trainer": trainer_name, "s_per_iter": on_the_fly, "s_per_iter_cached": cached,
-            "encoder_images_per_s": batch_size / min(encoder_times),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "weights_mb": sizes[0] / 2**20, "weights_with_encoder_mb": sizes[1] / 2**20}
+    return {
+        "encoder": encoder,
+        "trainer": trainer_name,
+        "s_per_iter": on_the_fly,
+        "s_per_iter_cached": cached,
+        "encoder_images_per_s": batch_size / min(encoder_times),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "weights_mb": sizes[0] / 2**20,
+        "weights_with_encoder_mb": sizes[1] / 2**20,
+    }
 
 
 def main() -> None:
@@ -99,22 +115,46 @@ def main() -> None:
     from sam_files import write_sam_checkpoint
 
     from nnunet_autosam.utilities.commands import SAM_TRAINERS
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"input {args.input_size}, batch {args.batch_size}, patch {PATCH[0]}x{PATCH[1]}, 4 classes")
-    print("| encoder | trainer | s/iter | s/iter from cache | encoder img/s | peak RSS GB | weights MB | "
-          "with encoder MB |\n|---|---|---|---|---|---|---|---|")
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"input {args.input_size}, batch {args.batch_size}, patch {PATCH[0]}x{PATCH[1]}, 4 classes"
+    )
+    print(
+        "| encoder | trainer | s/iter | s/iter from cache | encoder img/s | peak RSS GB | weights MB | "
+        "with encoder MB |\n|---|---|---|---|---|---|---|---|"
+    )
     with tempfile.TemporaryDirectory() as folder:
         weights = str(write_sam_checkpoint(Path(folder) / "sam_vit_b_random.pth", "vit_b"))
         for encoder in args.encoders:
             for trainer in SAM_TRAINERS:
-                output = subprocess.run([sys.executable, __file__, "--one", encoder, trainer, "--weights", weights,
-                                         "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
-                                         "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+                output = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        encoder,
+                        trainer,
+                        "--weights",
+                        weights,
+                        "--input-size",
+                        str(args.input_size),
+                        "--batch-size",
+                        str(args.batch_size),
+                        "--steps",
+                        str(args.steps),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 r = json.loads(output.stdout.strip().splitlines()[-1])
                 cached = "-" if r["s_per_iter_cached"] is None else f"{r['s_per_iter_cached']:.3f}"
-                print(f"| {encoder} | {trainer} | {r['s_per_iter']:.3f} | {cached} | {r['encoder_images_per_s']:.2f} | "
-                      f"{r['peak_rss_gb']:.2f} | {r['weights_mb']:.1f} | {r['weights_with_encoder_mb']:.1f} |",
-                      flush=True)
+                print(
+                    f"| {encoder} | {trainer} | {r['s_per_iter']:.3f} | {cached} | {r['encoder_images_per_s']:.2f} | "
+                    f"{r['peak_rss_gb']:.2f} | {r['weights_mb']:.1f} | {r['weights_with_encoder_mb']:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

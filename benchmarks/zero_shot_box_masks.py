@@ -10,15 +10,15 @@ Run it on a training patient, never on the test set.
 """
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nnunet_autosam.data.conversion import default_acdc_folder
 from nnunet_autosam.inference import zero_shot
 
-ACDC = Path(os.environ.get("NNUNET_AUTOSAM_ACDC", Path(__file__).resolve().parents[2] / "shared/data/acdc"))
+ACDC = default_acdc_folder()
 CLASSES = {1: "RV", 2: "Myo", 3: "LV"}
 
 
@@ -43,11 +43,17 @@ def main() -> None:
         logits = segmenter.slice_logits(embedding, boxes, volume.shape[1:])
         for row, label in enumerate(classes):
             mask = (logits[row] > 0).numpy()
-            print(f"slice {z} {CLASSES[int(label)]} box: Dice with {CLASSES[int(label)]} "
-                  f"{dice(mask, reference[z] == label):.2f}, with Myo+LV {dice(mask, reference[z] >= 2):.2f}")
+            print(
+                f"slice {z} {CLASSES[int(label)]} box: Dice with {CLASSES[int(label)]} "
+                f"{dice(mask, reference[z] == label):.2f}, with Myo+LV {dice(mask, reference[z] >= 2):.2f}"
+            )
         combined = zero_shot.resolve_overlaps(classes, logits)
-        print(f"slice {z} after overlaps: " + ", ".join(
-            f"{name} {dice(combined == label, reference[z] == label):.2f}" for label, name in CLASSES.items()))
+        print(
+            f"slice {z} after overlaps: "
+            + ", ".join(
+                f"{name} {dice(combined == label, reference[z] == label):.2f}" for label, name in CLASSES.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet-autosam",
         description="SAM encoders with prompt-free heads for nnU-Net v2: set-up checks, plans, "
-                    "dataset conversion, few-label splits, evaluation and reports.")
+        "dataset conversion, few-label splits, evaluation and reports.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

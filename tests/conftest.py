@@ -1,15 +1,13 @@
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ACDC_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "acdc"
+from nnunet_autosam.data.conversion import default_acdc_folder
 
 
 def acdc_root() -> Path:
     """The ACDC folder (holding training/), from $NNUNET_AUTOSAM_ACDC or ../shared/data/acdc."""
-    return Path(os.environ.get("NNUNET_AUTOSAM_ACDC", ACDC_DEFAULT))
+    return default_acdc_folder()
 
 
 @pytest.fixture

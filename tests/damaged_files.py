@@ -13,7 +13,7 @@ NIFTI1_DIM3_OFFSET = 46  # dim[3] (slices) in a little-endian NIfTI-1 header, as
 def truncate(path: Path) -> None:
     """Cut the file to its first half, as an interrupted copy does."""
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 def flip_byte(path: Path) -> None:
@@ -42,5 +42,10 @@ DAMAGES = {
 
 def cli_run(*args: str) -> subprocess.CompletedProcess:
     """The command as a user runs it, with progress bars off so stderr holds only what the command says."""
-    return subprocess.run([sys.executable, "-m", "nnunet_autosam.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ, TQDM_DISABLE="1"), timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "nnunet_autosam.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TQDM_DISABLE="1"),
+        timeout=180,
+    )

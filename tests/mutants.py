@@ -37,79 +37,152 @@ class Mutant:
 
 
 MUTANTS = [
-    Mutant("relative-position bias dropped in fast attention", "nnunet_autosam/model/encoders/fast_attention.py",
-           "attn_mask=bias, scale", "attn_mask=None, scale",
-           ("tests/test_fast_attention.py::test_fast_path_matches_segment_anything_forward",)),
-    Mutant("SAM file hash left out of the cache key", "nnunet_autosam/training/embedding_cache.py",
-           '"checkpoint_sha256": identity.get("checkpoint_sha256"),', '"checkpoint_sha256": None,',
-           ("tests/test_embedding_cache.py::test_cache_key_follows_the_encoder_identity",)),
-    Mutant("cache labels shifted by one row", "nnunet_autosam/training/embedding_cache.py",
-           "return np.asarray(embeddings[row]), np.asarray(labels[row])",
-           "return np.asarray(embeddings[row]), np.asarray(labels[row - 1])",
-           ("tests/test_embedding_cache.py::"
-            "test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their_labels",)),
-    Mutant("cache --fold ignored (every case built)", "nnunet_autosam/training/embedding_cache.py",
-           'cases = sorted(splits[args.fold]["train"])', "cases = sorted(cases)",
-           ("tests/test_embedding_cache.py::test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lacks",)),
-    Mutant("mirroring forced on at prediction", "nnunet_autosam/training/trainer_base.py",
-           'if os.environ.get(MIRROR_TTA_ENV, "0").lower() not in ("1", "true", "t"):', "if False:",
-           ("tests/test_end_to_end.py::test_mirroring_at_prediction_is_off_by_default_and_on_with_the_variable",)),
-    Mutant("AutoSAM head's class tokens shared across classes", "nnunet_autosam/model/heads/autosam.py",
-           "tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)",
-           "tokens = self.class_tokens.weight[:1].unsqueeze(0).expand(b, self.class_tokens.num_embeddings, -1)",
-           ("tests/test_network.py::test_autosam_gives_each_class_its_own_token",)),
-    Mutant("cached training steps never update the head", "nnunet_autosam/training/trainer_base.py",
-           "            self.optimizer.step()\n        return", "        return",
-           ("tests/test_learning.py",)),
-    Mutant("lean checkpoint's hash check skipped", "nnunet_autosam/model/network.py",
-           'if not state.get("encoder_stored") and trained.get("checkpoint_sha256") != '
-           'self.identity["checkpoint_sha256"]:', "if False:",
-           ("tests/test_network.py::test_lean_state_dict_leaves_out_a_frozen_file_encoder_and_checks_its_hash",)),
-    Mutant("checkpoint input size not checked against the plans", "nnunet_autosam/model/network.py",
-           'for key in ("encoder_type", "input_size", "input_mapping"):', 'for key in ("encoder_type", "input_mapping"):',
-           ("tests/test_network.py::test_a_checkpoint_trained_at_another_input_size_is_refused",)),
-    Mutant("embedding memo keyed without the tile", "nnunet_autosam/model/embedding_memo.py",
-           "digest.update(tile.tobytes())", "digest.update(b'')",
-           ("tests/test_embedding_memo.py::test_each_tile_is_stored_once_and_read_back_as_computed",)),
-    Mutant("embedding memo keyed without the precision", "nnunet_autosam/model/embedding_memo.py",
-           'digest.update(f"{embedding_precision(x.device)}|{tile.dtype}{tile.shape}".encode())',
-           'digest.update(f"{tile.dtype}{tile.shape}".encode())',
-           ("tests/test_precision.py::test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry",)),
-    Mutant("precision left out of the cache key", "nnunet_autosam/training/embedding_cache.py",
-           '"precision": precision,', '"precision": "fp32",',
-           ("tests/test_precision.py::test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry",)),
-    Mutant("the heads' step runs in fp32 on a bf16 CPU", "nnunet_autosam/model/network.py",
-           "with cpu_autocast(embedding.device):", 'with torch.autocast("cpu", enabled=False):',
-           ("tests/test_precision.py::test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits",)),
-    Mutant("the nnU-Net baseline's network left in fp32 on a bf16 CPU", "nnunet_autosam/utilities/precision.py",
-           "    network.forward = forward_in_cpu_bf16\n", "",
-           ("tests/test_precision.py::test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weights",)),
-    Mutant("few-label runner redoes finished runs", "benchmarks/few_label_acdc.py",
-           'todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]', "todo = runs",
-           ("tests/test_few_label_runner.py::"
-            "test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",)),
-    Mutant("few-label runner starts the hours-long runs fold by fold, not cheapest first",
-           "benchmarks/few_label_acdc.py",
-           "return 1, cost, run.name", "return 1, run.fold, cost",
-           ("tests/test_few_label_runner.py::test_shards_split_the_runs_without_overlap_and_by_cost",)),
-    Mutant("evaluation's HD95 computed in voxels instead of mm", "nnunet_autosam/evaluation/metrics.py",
-           "float(hd95(pred_mask, ref_mask, voxelspacing=spacing))", "float(hd95(pred_mask, ref_mask))",
-           ("tests/test_evaluation.py::test_shift_by_one_slice_along_z",)),
+    Mutant(
+        "relative-position bias dropped in fast attention",
+        "nnunet_autosam/model/encoders/fast_attention.py",
+        "attn_mask=bias, scale",
+        "attn_mask=None, scale",
+        ("tests/test_fast_attention.py::test_fast_path_matches_segment_anything_forward",),
+    ),
+    Mutant(
+        "SAM file hash left out of the cache key",
+        "nnunet_autosam/training/embedding_cache/storage.py",
+        '"checkpoint_sha256": identity.get("checkpoint_sha256"),',
+        '"checkpoint_sha256": None,',
+        ("tests/test_embedding_cache.py::test_cache_key_follows_the_encoder_identity",),
+    ),
+    Mutant(
+        "cache labels shifted by one row",
+        "nnunet_autosam/training/embedding_cache/storage.py",
+        "return np.asarray(embeddings[row]), np.asarray(labels[row])",
+        "return np.asarray(embeddings[row]), np.asarray(labels[row - 1])",
+        (
+            "tests/test_embedding_cache.py::"
+            "test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their_labels",
+        ),
+    ),
+    Mutant(
+        "cache --fold ignored (every case built)",
+        "nnunet_autosam/training/embedding_cache/command.py",
+        'cases = sorted(splits[args.fold]["train"])',
+        "cases = sorted(cases)",
+        (
+            "tests/test_embedding_cache.py::test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lacks",
+        ),
+    ),
+    Mutant(
+        "mirroring forced on at prediction",
+        "nnunet_autosam/training/trainer_base.py",
+        'if os.environ.get(MIRROR_TTA_ENV, "0").lower() not in ("1", "true", "t"):',
+        "if False:",
+        ("tests/test_end_to_end.py::test_mirroring_at_prediction_is_off_by_default_and_on_with_the_variable",),
+    ),
+    Mutant(
+        "AutoSAM head's class tokens shared across classes",
+        "nnunet_autosam/model/heads/autosam.py",
+        "tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)",
+        "tokens = self.class_tokens.weight[:1].unsqueeze(0).expand(b, self.class_tokens.num_embeddings, -1)",
+        ("tests/test_network.py::test_autosam_gives_each_class_its_own_token",),
+    ),
+    Mutant(
+        "cached training steps never update the head",
+        "nnunet_autosam/training/trainer_base.py",
+        "        self.backward_and_step(loss, self.network.parameters())\n",
+        "",
+        ("tests/test_learning.py",),
+    ),
+    Mutant(
+        "lean checkpoint's hash check skipped",
+        "nnunet_autosam/model/network.py",
+        'if not state.get("encoder_stored") and trained.get("checkpoint_sha256") != '
+        'self.identity["checkpoint_sha256"]:',
+        "if False:",
+        ("tests/test_network.py::test_lean_state_dict_leaves_out_a_frozen_file_encoder_and_checks_its_hash",),
+    ),
+    Mutant(
+        "checkpoint input size not checked against the plans",
+        "nnunet_autosam/model/network.py",
+        'for key in ("encoder_type", "input_size", "input_mapping"):',
+        'for key in ("encoder_type", "input_mapping"):',
+        ("tests/test_network.py::test_a_checkpoint_trained_at_another_input_size_is_refused",),
+    ),
+    Mutant(
+        "embedding memo keyed without the tile",
+        "nnunet_autosam/model/embedding_memo.py",
+        "digest.update(tile.tobytes())",
+        "digest.update(b'')",
+        ("tests/test_embedding_memo.py::test_each_tile_is_stored_once_and_read_back_as_computed",),
+    ),
+    Mutant(
+        "embedding memo keyed without the precision",
+        "nnunet_autosam/model/embedding_memo.py",
+        'digest.update(f"{embedding_precision(x.device)}|{tile.dtype}{tile.shape}".encode())',
+        'digest.update(f"{tile.dtype}{tile.shape}".encode())',
+        ("tests/test_precision.py::test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry",),
+    ),
+    Mutant(
+        "precision left out of the cache key",
+        "nnunet_autosam/training/embedding_cache/storage.py",
+        '"precision": precision,',
+        '"precision": "fp32",',
+        ("tests/test_precision.py::test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry",),
+    ),
+    Mutant(
+        "the heads' step runs in fp32 on a bf16 CPU",
+        "nnunet_autosam/model/network.py",
+        "with cpu_autocast(embedding.device):",
+        'with torch.autocast("cpu", enabled=False):',
+        ("tests/test_precision.py::test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits",),
+    ),
+    Mutant(
+        "the nnU-Net baseline's network left in fp32 on a bf16 CPU",
+        "nnunet_autosam/utilities/precision.py",
+        "    network.forward = forward_in_cpu_bf16\n",
+        "",
+        ("tests/test_precision.py::test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weights",),
+    ),
+    Mutant(
+        "few-label runner redoes finished runs",
+        "benchmarks/few_label_acdc.py",
+        'todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]',
+        "todo = runs",
+        ("tests/test_few_label_runner.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
+    ),
+    Mutant(
+        "few-label runner starts the hours-long runs fold by fold, not cheapest first",
+        "benchmarks/few_label_acdc.py",
+        "return 1, cost, run.name",
+        "return 1, run.fold, cost",
+        ("tests/test_few_label_runner.py::test_shards_split_the_runs_without_overlap_and_by_cost",),
+    ),
+    Mutant(
+        "evaluation's HD95 computed in voxels instead of mm",
+        "nnunet_autosam/evaluation/metrics.py",
+        "float(hd95(pred_mask, ref_mask, voxelspacing=spacing))",
+        "float(hd95(pred_mask, ref_mask))",
+        ("tests/test_evaluation.py::test_shift_by_one_slice_along_z",),
+    ),
 ]
 
 
 def copy_repository(target: Path) -> Path:
-    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv",
-                                                                ".pytest_cache"))
+    shutil.copytree(
+        REPO, target, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".venv", ".pytest_cache")
+    )
     return target
 
 
 def pytest_run(copy: Path, tests) -> subprocess.CompletedProcess:
     # No bytecode: a mutated and a restored file may share size and mtime, and a stale .pyc would be reused.
-    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1",
-               NNUNET_AUTOSAM_ACDC=str(acdc_root()))
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rfEs", *tests],
-                          cwd=copy, env=env, capture_output=True, text=True, timeout=RUN_LIMIT_S)
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", NNUNET_AUTOSAM_ACDC=str(acdc_root()))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rfEs", *tests],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_LIMIT_S,
+    )
 
 
 def failed_tests(result: subprocess.CompletedProcess) -> list:
@@ -119,8 +192,13 @@ def failed_tests(result: subprocess.CompletedProcess) -> list:
 def check_copy_is_imported(copy: Path) -> None:
     """The copy's package, not an installed one, must be what the tests import."""
     env = dict(os.environ, PYTHONPATH=str(copy))
-    found = subprocess.run([sys.executable, "-c", "import nnunet_autosam.run.doctor as d; print(d.__file__); "
-                            "print(d.trainer_dir())"], cwd=copy, env=env, capture_output=True, text=True)
+    found = subprocess.run(
+        [sys.executable, "-c", "import nnunet_autosam.run.doctor as d; print(d.__file__); print(d.trainer_dir())"],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     lines = found.stdout.split()
     if found.returncode != 0 or not all(line.startswith(str(copy)) for line in lines):
         sys.exit(f"the copy's package is not the one imported: {found.stdout}{found.stderr}")
@@ -130,8 +208,10 @@ def apply(copy: Path, mutant: Mutant) -> str:
     path = copy / mutant.file
     original = path.read_text()
     if original.count(mutant.old) != 1:
-        sys.exit(f"mutant {mutant.name!r}: its old text occurs {original.count(mutant.old)} times in {mutant.file}, "
-                 f"not once: update the mutant")
+        sys.exit(
+            f"mutant {mutant.name!r}: its old text occurs {original.count(mutant.old)} times in {mutant.file}, "
+            f"not once: update the mutant"
+        )
     path.write_text(original.replace(mutant.old, mutant.new))
     return original
 
@@ -162,9 +242,11 @@ def main(name_parts) -> int:
                 caught.append(mutant)
                 print(f"caught  {mutant.name}: {failed[0]}", flush=True)
             else:
-                print(f"MISSED  {mutant.name}: pytest exit {result.returncode}, "
-                      f"{result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]}",
-                      flush=True)
+                print(
+                    f"MISSED  {mutant.name}: pytest exit {result.returncode}, "
+                    f"{result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-300:]}",
+                    flush=True,
+                )
     print(f"caught {len(caught)} of {len(mutants)}")
     return 0 if len(caught) == len(mutants) else 1
 

@@ -47,8 +47,10 @@ def test_round_trip_keeps_geometry_and_labels(acdc_dir, nnunet_env):
     for converted_label in labels:
         case_id = converted_label.name.removesuffix(".nii.gz")
         original_folder = acdc_dir / "training" / case_id.split("_")[0]
-        pairs = ((original_folder / f"{case_id}.nii.gz", target / "imagesTr" / f"{case_id}_0000.nii.gz"),
-                 (original_folder / f"{case_id}_gt.nii.gz", converted_label))
+        pairs = (
+            (original_folder / f"{case_id}.nii.gz", target / "imagesTr" / f"{case_id}_0000.nii.gz"),
+            (original_folder / f"{case_id}_gt.nii.gz", converted_label),
+        )
         for original_path, converted_path in pairs:
             assert converted_path.read_bytes() == original_path.read_bytes()  # copied byte for byte
             original, converted = read(original_path), read(converted_path)
@@ -67,9 +69,16 @@ def test_dataset_json_and_acdc_info(acdc_dir, nnunet_env):
     assert dataset["file_ending"] == ".nii.gz"
     info = json.loads((target / "acdc_info.json").read_text())
     assert sorted(info) == PATIENTS
-    assert info["patient001"] == {"ED": 1, "ES": 12, "Group": "DCM", "Height": 184.0, "Weight": 95.0,
-                                  "NbFrame": 30, "cases": ["patient001_frame01", "patient001_frame12"],
-                                  "subset": "training"}
+    assert info["patient001"] == {
+        "ED": 1,
+        "ES": 12,
+        "Group": "DCM",
+        "Height": 184.0,
+        "Weight": 95.0,
+        "NbFrame": 30,
+        "cases": ["patient001_frame01", "patient001_frame12"],
+        "subset": "training",
+    }
     assert {entry["Group"] for entry in info.values()} == {"DCM", "HCM", "MINF"}
     assert not (target / "imagesTs").exists()
 
@@ -81,7 +90,9 @@ def test_testing_patients_go_to_imagesTs(acdc_dir, nnunet_env, tmp_path):
         label.unlink()
     target = convert_acdc(source)
     assert sorted(p.name for p in (target / "imagesTs").iterdir()) == [
-        "patient002_frame01_0000.nii.gz", "patient002_frame12_0000.nii.gz"]
+        "patient002_frame01_0000.nii.gz",
+        "patient002_frame12_0000.nii.gz",
+    ]
     assert not (target / "labelsTs").exists()
     assert json.loads((target / "dataset.json").read_text())["numTraining"] == 2
     assert json.loads((target / "acdc_info.json").read_text())["patient002"]["subset"] == "testing"

@@ -55,8 +55,9 @@ def build(case):
 
     head, train_encoder, trainer_name = CASES[case]
     torch.manual_seed(SEED)
-    network = build_sam_network(EncoderSettings("tiny", INPUT, None), head, 1, NUM_CLASSES,
-                                train_encoder=train_encoder).train()
+    network = build_sam_network(
+        EncoderSettings("tiny", INPUT, None), head, 1, NUM_CLASSES, train_encoder=train_encoder
+    ).train()
     trainer_class = getattr(trainers, trainer_name)
     trainer = trainer_class.__new__(trainer_class)  # nnU-Net's __init__ needs a dataset on disk
     trainer.network, trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = network, 5e-4, 3e-5, 10
@@ -88,8 +89,9 @@ def named_state(network):
 
 def ddp_worker(rank, case, init_file, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE,
-                            timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=120)
+    )
     try:
         network, optimizer = build(case)
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
@@ -101,16 +103,16 @@ def ddp_worker(rank, case, init_file, out_dir):
         names = {p.data_ptr(): n for n, p in model.module.named_parameters()}
         # The reducer's buckets: the parameters whose gradients DDP all-reduces (rebuilt in use order
         # after the first step). GradBucket.parameters() hands back the module's own tensors.
-        bucketed = [names[p.data_ptr()] for bucket in model.reducer._get_zeros_like_grad_buckets()
-                    for p in bucket.parameters()]
+        bucketed = [
+            names[p.data_ptr()] for bucket in model.reducer._get_zeros_like_grad_buckets() for p in bucket.parameters()
+        ]
         report = {
             "bucketed": bucketed,
             "trainable": [n for n, p in model.module.named_parameters() if p.requires_grad],
             "without_grad": [n for n, p in model.module.named_parameters() if p.requires_grad and p.grad is None],
             "sync_batchnorm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()),
         }
-        torch.save({"state": named_state(network), "gradients": gradients},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save({"state": named_state(network), "gradients": gradients}, os.path.join(out_dir, f"rank{rank}.pt"))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as file:
             json.dump(report, file)
     finally:
@@ -129,8 +131,7 @@ def mismatches(a, b, atol, rtol):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_ddp_replicas_match_one_process_on_the_whole_batch_and_frozen_weights_stay_out(case, tmp_path,
-                                                                                       monkeypatch):
+def test_ddp_replicas_match_one_process_on_the_whole_batch_and_frozen_weights_stay_out(case, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOSAM_CPU_BF16", "0")  # plain fp32 on CPU, in this process and the children
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     for variable in ("AUTOSAM_EMBEDDING_MEMO", "AUTOSAM_EMBEDDING_CACHE"):
@@ -165,20 +166,25 @@ def test_ddp_replicas_match_one_process_on_the_whole_batch_and_frozen_weights_st
         if train_encoder:
             assert sorted(bucketed_encoder) == sorted(encoder), (
                 f"{case}: rank {rank}: a trained encoder must be all-reduced, but DDP's buckets miss "
-                f"{sorted(set(encoder) - set(bucketed_encoder))[:5]}")
+                f"{sorted(set(encoder) - set(bucketed_encoder))[:5]}"
+            )
         else:
             assert not bucketed_encoder, (
-                f"{case}: rank {rank}: frozen encoder parameters are in DDP's buckets: {bucketed_encoder[:5]}")
+                f"{case}: rank {rank}: frozen encoder parameters are in DDP's buckets: {bucketed_encoder[:5]}"
+            )
         assert set(head) <= set(report["bucketed"]), (
             f"{case}: rank {rank}: head parameters missing from DDP's buckets: "
-            f"{sorted(set(head) - set(report['bucketed']))[:5]}")
+            f"{sorted(set(head) - set(report['bucketed']))[:5]}"
+        )
         assert sorted(report["bucketed"]) == sorted(report["trainable"]), (
             f"{case}: rank {rank}: DDP's buckets are not exactly the trainable parameters; only bucketed: "
             f"{sorted(set(report['bucketed']) - set(report['trainable']))[:5]}, trainable but not bucketed: "
-            f"{sorted(set(report['trainable']) - set(report['bucketed']))[:5]}")
+            f"{sorted(set(report['trainable']) - set(report['bucketed']))[:5]}"
+        )
         assert not report["without_grad"], (
             f"{case}: rank {rank}: trainable parameters unused in forward (DDP would need "
-            f"find_unused_parameters): {report['without_grad'][:5]}")
+            f"find_unused_parameters): {report['without_grad'][:5]}"
+        )
         assert not report["sync_batchnorm"], f"{case}: rank {rank} has SyncBatchNorm layers, which fail on CPU"
 
     # The replicas stay in step: each one holds the same weights after training.
@@ -190,6 +196,7 @@ def test_ddp_replicas_match_one_process_on_the_whole_batch_and_frozen_weights_st
     # little), and left the frozen ones bit-identical.
     def largest_change(keys):
         return max((reference[k] - initial[k]).abs().max().item() for k in keys)
+
     head_change = largest_change(head)  # AdamW moves a weight by up to about lr (5e-4) a step
     assert head_change > 1e-4, f"{case}: the head hardly moved in {STEPS} steps (at most {head_change:.3g})"
     if train_encoder:
@@ -207,15 +214,20 @@ def test_ddp_replicas_match_one_process_on_the_whole_batch_and_frozen_weights_st
         gradients = saved_rank["gradients"]
         assert gradients.keys() == reference_gradients.keys(), (
             f"{case}: rank {rank}: other parameters got gradients than in one process: "
-            f"{sorted(gradients.keys() ^ reference_gradients.keys())[:5]}")
+            f"{sorted(gradients.keys() ^ reference_gradients.keys())[:5]}"
+        )
         off = mismatches(gradients, reference_gradients, atol=1e-5 * scale, rtol=1e-4)
-        assert not off, (f"{case}: rank {rank}'s first-step gradients after DDP's all-reduce differ from the "
-                         f"whole batch's gradients in one process (not averaged over the replicas?): {off[:5]}")
+        assert not off, (
+            f"{case}: rank {rank}'s first-step gradients after DDP's all-reduce differ from the "
+            f"whole batch's gradients in one process (not averaged over the replicas?): {off[:5]}"
+        )
 
     # Each replica equals one process trained on the combined batch for all the steps. A tenth of the
     # learning rate: rounding moves weights by ~2e-6 here, unaveraged gradients by ~lr (AdamW's update
     # is about lr times the gradient's sign at first, and a half's signs often differ from the whole's).
     for rank, state in enumerate(states):
         off = mismatches(state, reference, atol=5e-5, rtol=1e-4)
-        assert not off, (f"{case}: rank {rank}'s weights after {STEPS} DDP steps on its half of the batch differ "
-                         f"from one process trained on the whole batch (gradients not averaged?): {off[:5]}")
+        assert not off, (
+            f"{case}: rank {rank}'s weights after {STEPS} DDP steps on its half of the batch differ "
+            f"from one process trained on the whole batch (gradients not averaged?): {off[:5]}"
+        )

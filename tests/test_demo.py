@@ -29,18 +29,44 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
     output = tmp_path / "demo"
     interpreter_folder = str(Path(sys.executable).parent)
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != interpreter_folder)
-    result = subprocess.run([sys.executable, "-m", "nnunet_autosam.cli", "demo", "--output", str(output),
-                             "--patients", "3", "--labelled", "1", "--epochs", "1", "--iters", "2",
-                             "--encoder", ENCODER, "--input-size", "128"],
-                            capture_output=True, text=True, env=dict(os.environ, PATH=path))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnunet_autosam.cli",
+            "demo",
+            "--output",
+            str(output),
+            "--patients",
+            "3",
+            "--labelled",
+            "1",
+            "--epochs",
+            "1",
+            "--iters",
+            "2",
+            "--encoder",
+            ENCODER,
+            "--input-size",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=path),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.startswith(banner(ENCODER))
     assert "SimCLR pretraining is cut to the demo's schedule" in result.stdout
 
     report_dir = output / "nnUNet_results" / "Dataset027_ACDC" / "autosam_report_test"
-    rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.split("|")[1:-1]]
-                                               for line in (report_dir / "report.md").read_text().splitlines()
-                                               if line.startswith("| "))}
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in (report_dir / "report.md").read_text().splitlines()
+            if line.startswith("| ")
+        )
+    }
     methods = list(rows)
     preprocessed = output / "nnUNet_preprocessed" / "Dataset027_ACDC"
     sam_plans = next(preprocessed.glob(f"{STOCK_PLANS}_SAM_{ENCODER}_*.json")).stem
@@ -70,8 +96,9 @@ def test_the_banner_says_what_the_numbers_are_worth():
 def test_the_acdc_demo_picks_one_patient_per_pathology_group(acdc_dir):
     """`demo --acdc` runs the commands above on these patients; the whole run is too long for the suite."""
     patients = acdc_patients(acdc_dir, 5)
-    groups = {(acdc_dir / "training" / patient / "Info.cfg").read_text().split("Group:")[1].split()[0]
-              for patient in patients}
+    groups = {
+        (acdc_dir / "training" / patient / "Info.cfg").read_text().split("Group:")[1].split()[0] for patient in patients
+    }
     assert len(patients) == 5 and groups == {"NOR", "MINF", "DCM", "HCM", "RV"}
     with pytest.raises(InputError, match="the demo needs 500"):
         acdc_patients(acdc_dir, 500)

@@ -1,4 +1,4 @@
-"""`nnunet-autosam doctor`: [ok] for a complete set-up, [FIX] with the command that fixes each gap, and its exit status."""
+"""`nnunet-autosam doctor`: [ok] for a complete set-up, [FIX] with the fix for each gap, and its exit status."""
 
 from nnunet_autosam.run import doctor
 from nnunet_autosam.utilities.nnunet_paths import trainer_dir
@@ -19,7 +19,8 @@ def test_doctor_passes_a_complete_set_up_and_names_the_fix_for_each_gap(tmp_path
     monkeypatch.delenv("nnUNet_results")
     assert doctor.run_doctor(None) == 1
     fixes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[FIX]")]
-    assert fixes == ["[FIX] nnUNet_extTrainer does not include the SAM trainers: "
-                     "export nnUNet_extTrainer=$(nnunet-autosam trainer-dir)",
-                     "[FIX] nnUNet_results is not set: export nnUNet_results=/path/to/nnUNet_results "
-                     "(nnU-Net's own set-up)"]
+    assert fixes == [
+        "[FIX] nnUNet_extTrainer does not include the SAM trainers: "
+        "export nnUNet_extTrainer=$(nnunet-autosam trainer-dir)",
+        "[FIX] nnUNet_results is not set: export nnUNet_results=/path/to/nnUNet_results (nnU-Net's own set-up)",
+    ]

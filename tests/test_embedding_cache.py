@@ -40,7 +40,9 @@ def workspace(tmp_path_factory):
     # encoder ~25x slower than one (threads spinning against other load).
     ws = Workspace(root, SHORT_SCHEDULE, {"nnUNet_SAM_weights": str(weights), "OMP_NUM_THREADS": "1"})
     started = time.perf_counter()
-    plans = ws.prepare(source, ["--patients", *PATIENTS], ["--encoder", "tiny", "--input-size", "128", "--batch-size", "2"])
+    plans = ws.prepare(
+        source, ["--patients", *PATIENTS], ["--encoder", "tiny", "--input-size", "128", "--batch-size", "2"]
+    )
     assert plans == PLANS
     # Other encoder identities on the same preprocessed data: another input size, two different SAM files.
     ws.plugin("plans", "27", "--encoder", "tiny", "--input-size", "64", "--batch-size", "2")
@@ -49,8 +51,20 @@ def workspace(tmp_path_factory):
     other["image_encoder.patch_embed.proj.bias"] += 0.5
     torch.save(other, weights / "tiny_b.pth")
     for name in ("a", "b"):
-        ws.plugin("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2",
-                  "--checkpoint", f"tiny_{name}.pth", "--plans-name", f"nnUNetPlans_SAM_tiny_{name}_128")
+        ws.plugin(
+            "plans",
+            "27",
+            "--encoder",
+            "tiny",
+            "--input-size",
+            "128",
+            "--batch-size",
+            "2",
+            "--checkpoint",
+            f"tiny_{name}.pth",
+            "--plans-name",
+            f"nnUNetPlans_SAM_tiny_{name}_128",
+        )
     print(f"prepared in {time.perf_counter() - started:.1f} s")
     return ws
 
@@ -102,13 +116,18 @@ def test_cached_embeddings_equal_the_encoder_on_the_same_patch(in_process):
             np.testing.assert_array_equal(stored_label, truth)
             # float16 keeps 11 significant bits (relative error <= 2**-11); 1e-5 absolute covers float32 noise
             # between batch sizes (the cache embeds 8 slices per pass, this check one), measured ~2e-6.
-            assert np.all(np.abs(stored.astype(np.float32) - expected) <= np.abs(expected) * 2 ** -11 + 1e-5)
+            assert np.all(np.abs(stored.astype(np.float32) - expected) <= np.abs(expected) * 2**-11 + 1e-5)
 
 
 def test_cache_key_follows_the_encoder_identity(in_process):
     keys = {}
-    for plans, mode in ((PLANS, "cache"), ("nnUNetPlans_SAM_tiny_64", "cache"), (PLANS, "cache_views:2"),
-                        ("nnUNetPlans_SAM_tiny_a_128", "cache"), ("nnUNetPlans_SAM_tiny_b_128", "cache")):
+    for plans, mode in (
+        (PLANS, "cache"),
+        ("nnUNetPlans_SAM_tiny_64", "cache"),
+        (PLANS, "cache_views:2"),
+        ("nnUNetPlans_SAM_tiny_a_128", "cache"),
+        ("nnUNetPlans_SAM_tiny_b_128", "cache"),
+    ):
         cache, _, _ = ec.cache_for_plans("27", plans, "2d", settings.parse_mode(mode))
         keys[(plans, mode)] = cache.folder
         assert (cache.fields["checkpoint_sha256"] is None) == ("_a_" not in plans and "_b_" not in plans)
@@ -119,8 +138,9 @@ def test_cache_key_follows_the_encoder_identity(in_process):
     assert cache_a.ensure(cases[:1], network_a).built == cases[:1]
     weights = in_process.root / "weights"
     shutil.copyfile(weights / "tiny_b.pth", weights / "tiny_a.pth")
-    changed, network_changed, _ = ec.cache_for_plans("27", "nnUNetPlans_SAM_tiny_a_128", "2d",
-                                                     settings.parse_mode("cache"))
+    changed, network_changed, _ = ec.cache_for_plans(
+        "27", "nnUNetPlans_SAM_tiny_a_128", "2d", settings.parse_mode("cache")
+    )
     assert changed.folder != cache_a.folder
     assert changed.ensure(cases[:1], network_changed).built == cases[:1]
 
@@ -186,19 +206,20 @@ def test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their
     assert len(samples) == 2 * slices
     for z in (0, slices // 2, slices - 1):
         # Rebuilt from the slice's own seed, the views must be the stored rows 2z and 2z + 1, label with embedding.
-        patches, labels = cache.view_sampler.views(data, seg, properties["class_locations"], z, 2,
-                                                   cache.view_seed(cases[0], z))
+        patches, labels = cache.view_sampler.views(
+            data, seg, properties["class_locations"], z, 2, cache.view_seed(cases[0], z)
+        )
         assert patches.shape == (2, 1, *cache.patch_size) and not np.array_equal(patches[0], patches[1])
         with torch.no_grad():
             expected = network.embed(torch.from_numpy(patches)).numpy()
         for view in range(2):
             stored, stored_label = samples.get(0, 2 * z + view)
             np.testing.assert_array_equal(stored_label, labels[view])
-            assert np.all(np.abs(stored.astype(np.float32) - expected[view]) <= np.abs(expected[view]) * 2 ** -11 + 1e-5)
+            assert np.all(np.abs(stored.astype(np.float32) - expected[view]) <= np.abs(expected[view]) * 2**-11 + 1e-5)
 
 
 def test_a_view_moves_image_and_label_together(in_process):
-    """An image drawn from its own label: after nnU-Net's spatial and intensity transforms, it still outlines the label."""
+    """An image drawn from its own label: after nnU-Net's spatial and intensity transforms, it still outlines it."""
     cache, _, cases = fresh_cache(mode="cache_views:4")
     data, seg, _, properties = cache.dataset.load_case(cases[0])
     drawn = np.where(np.asarray(seg) > 0, 2.0, 0.0).astype(np.float32)  # the image is the label's outline
@@ -213,8 +234,9 @@ def test_a_view_moves_image_and_label_together(in_process):
 def test_mode_comes_from_the_environment_or_the_plans(monkeypatch):
     monkeypatch.delenv(settings.CACHE_ENV, raising=False)
     assert not settings.mode_from_settings({"sam_encoder": {"type": "tiny"}}).enabled
-    assert settings.mode_from_settings({"sam_encoder": {"embedding_cache": "cache_views:4"}}) == \
-        settings.CacheMode("cache_views", 4)
+    assert settings.mode_from_settings({"sam_encoder": {"embedding_cache": "cache_views:4"}}) == settings.CacheMode(
+        "cache_views", 4
+    )
     monkeypatch.setenv(settings.CACHE_ENV, "off")
     assert not settings.mode_from_settings({"sam_encoder": {"embedding_cache": "cache"}}).enabled
     monkeypatch.setenv(settings.CACHE_ENV, "cache")
@@ -226,7 +248,8 @@ def test_mode_comes_from_the_environment_or_the_plans(monkeypatch):
 
 TRAINING_LOG_LINE = re.compile(
     r"embedding cache: mode cache, key (\w+), folder (\S+); (\d+) training cases, (\d+) slices x 1 view\(s\) = "
-    r"(\d+) cached samples; built (\d+) cases \((\d+) samples\) in [\d.]+ s, reused (\d+)")
+    r"(\d+) cached samples; built (\d+) cases \((\d+) samples\) in [\d.]+ s, reused (\d+)"
+)
 
 
 def test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lacks(in_process):
@@ -234,8 +257,20 @@ def test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lac
     made by `plans --embedding-cache cache` (no variable set) reuses them from the same folder (same key), builds
     the other half, reads every slice of its fold and nothing of the validation cases."""
     workspace = in_process
-    plans = workspace.plugin("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2",
-                             "--embedding-cache", "cache", "--plans-name", "nnUNetPlans_SAM_tiny_cached_128")
+    plans = workspace.plugin(
+        "plans",
+        "27",
+        "--encoder",
+        "tiny",
+        "--input-size",
+        "128",
+        "--batch-size",
+        "2",
+        "--embedding-cache",
+        "cache",
+        "--plans-name",
+        "nnUNetPlans_SAM_tiny_cached_128",
+    )
     plans = plans.strip().splitlines()[-1]
     workspace.plugin("splits", "27", "--labelled", "2", "--seeds", "1", "--val-patients", "1")
     split = json.loads((workspace.root / "nnUNet_preprocessed" / DATASET / "splits_final.json").read_text())[0]
@@ -245,8 +280,11 @@ def test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lac
     slices = {case: cache.dataset.load_case(case)[0].shape[1] for case in train_cases}
     assert len(train_cases) == 4
 
-    printed = workspace.plugin("cache", "27", "-p", plans, "--fold", "0", "--shard", "0/2",
-                               "--device", "cpu").strip().splitlines()
+    printed = (
+        workspace.plugin("cache", "27", "-p", plans, "--fold", "0", "--shard", "0/2", "--device", "cpu")
+        .strip()
+        .splitlines()
+    )
     by_command = train_cases[0::2]
     assert printed[-2].startswith(f"shard 0/2: 2 cases built ({sum(slices[c] for c in by_command)} slices) in ")
     assert printed[-2].endswith("cache 2/4 cases complete") and printed[-1] == str(cache.folder)
@@ -271,5 +309,6 @@ def test_a_cache_for_a_trained_encoder_stops_in_one_line(workspace):
     with pytest.raises(RuntimeError) as error:
         cached.run("nnUNetv2_train", "27", "2d", "0", "-tr", "AutoSAMFullFTTrainer", "-p", PLANS, "-device", "cpu")
     last_line = str(error.value).strip().splitlines()[-1]
-    assert last_line.startswith("nnunet_autosam: AutoSAMFullFTTrainer trains the encoder, so its embeddings cannot "
-                                "be cached")
+    assert last_line.startswith(
+        "nnunet_autosam: AutoSAMFullFTTrainer trains the encoder, so its embeddings cannot be cached"
+    )

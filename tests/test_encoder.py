@@ -39,8 +39,10 @@ def test_tiny_checkpoint_round_trip(tiny_file, monkeypatch):
         assert torch.equal(value, saved["image_encoder." + key]), key
     for key, value in network.head.transformer.state_dict().items():
         assert torch.equal(value, saved["mask_decoder.transformer." + key]), key
-    assert torch.equal(network.head.output_hypernetworks_mlps[3].layers[0].weight,
-                       saved["mask_decoder.output_hypernetworks_mlps.3.layers.0.weight"])
+    assert torch.equal(
+        network.head.output_hypernetworks_mlps[3].layers[0].weight,
+        saved["mask_decoder.output_hypernetworks_mlps.3.layers.0.weight"],
+    )
     assert network.identity["checkpoint_file"] == "sam_tiny.pth"
     assert len(network.identity["checkpoint_sha256"]) == 64
 
@@ -52,8 +54,10 @@ def test_a_medsam_style_file_wrapped_under_model_loads_the_same_weights(tiny_fil
     monkeypatch.setenv("nnUNet_SAM_weights", str(tmp_path))
     plain = build_sam_network(EncoderSettings("tiny", 128, tiny_file.name), "autosam", 1, 4)
     from_wrapped = build_sam_network(EncoderSettings("tiny", 128, wrapped.name), "autosam", 1, 4)
-    for plain_part, wrapped_part in ((plain.encoder, from_wrapped.encoder),
-                                     (plain.head.transformer, from_wrapped.head.transformer)):
+    for plain_part, wrapped_part in (
+        (plain.encoder, from_wrapped.encoder),
+        (plain.head.transformer, from_wrapped.head.transformer),
+    ):
         expected = plain_part.state_dict()
         assert all(torch.equal(value, expected[key]) for key, value in wrapped_part.state_dict().items())
 
@@ -63,8 +67,9 @@ def test_vit_b_checkpoint_loads_at_256_with_interpolated_position_tables(vit_b_f
     encoder = build_image_encoder("vit_b", 256)
     SAM_VIT.load_encoder(encoder, "vit_b", saved, vit_b_file)
 
-    expected_pos = F.interpolate(saved["image_encoder.pos_embed"].permute(0, 3, 1, 2), size=(16, 16),
-                                 mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    expected_pos = F.interpolate(
+        saved["image_encoder.pos_embed"].permute(0, 3, 1, 2), size=(16, 16), mode="bicubic", align_corners=False
+    ).permute(0, 2, 3, 1)
     assert torch.allclose(encoder.pos_embed, expected_pos)
     global_block, window_block = encoder.blocks[2].attn, encoder.blocks[0].attn
     assert global_block.rel_pos_h.shape == (31, 64)  # 2 * 16 - 1 tokens at input 256 (127 at 1024)

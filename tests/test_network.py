@@ -49,14 +49,16 @@ def test_input_mapping_shows_sam_a_grey_picture_with_its_pixel_statistics():
     z = torch.tensor([-10.0, -3.0, 0.0, 3.0]).view(1, 1, 1, 4).expand(1, 1, 64, 4).reshape(1, 1, 16, 16)
     mapped = mapping(z)
     assert mapped.shape == (1, 3, 64, 64)
-    grey = mapped * torch.tensor(sam_vit.SAM_PIXEL_STD).view(1, 3, 1, 1) \
-        + torch.tensor(sam_vit.SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+    grey = mapped * torch.tensor(sam_vit.SAM_PIXEL_STD).view(1, 3, 1, 1) + torch.tensor(sam_vit.SAM_PIXEL_MEAN).view(
+        1, 3, 1, 1
+    )
     assert torch.allclose(grey.amin(), torch.tensor(0.0), atol=1e-3)  # -10 clipped to -3 -> black
     assert torch.allclose(grey.amax(), torch.tensor(255.0), atol=1e-3)  # +3 -> white
     assert torch.allclose(grey[0, 0], grey[0, 2], atol=1e-4)  # the same grey in R, G and B
     middle = mapping(torch.zeros(1, 1, 64, 64))
-    assert torch.allclose(middle[0, :, 0, 0], (127.5 - torch.tensor(sam_vit.SAM_PIXEL_MEAN))
-                          / torch.tensor(sam_vit.SAM_PIXEL_STD))
+    assert torch.allclose(
+        middle[0, :, 0, 0], (127.5 - torch.tensor(sam_vit.SAM_PIXEL_MEAN)) / torch.tensor(sam_vit.SAM_PIXEL_STD)
+    )
 
 
 def test_multichannel_data_is_refused():
@@ -120,8 +122,9 @@ def test_lean_state_dict_leaves_out_a_frozen_file_encoder_and_checks_its_hash(tm
         build_sam_network(settings, "autosam", 1, 4).load_state_dict(state)
 
 
-@pytest.mark.parametrize("key, other", [("encoder_type", "vit_b"), ("input_size", 64),
-                                         ("input_mapping", "some_other_mapping")])
+@pytest.mark.parametrize(
+    "key, other", [("encoder_type", "vit_b"), ("input_size", 64), ("input_mapping", "some_other_mapping")]
+)
 def test_a_checkpoint_is_refused_by_plans_of_another_encoder_identity(key, other):
     state = build_sam_network(TINY, "linear", 1, 4).state_dict()
     state["_extra_state"] = dict(state["_extra_state"], **{key: other})
@@ -136,20 +139,31 @@ def test_a_checkpoint_trained_at_another_input_size_is_refused():
 
 
 def test_encoders_without_a_file_or_being_trained_are_stored():
-    for network in (build_sam_network(TINY, "linear", 1, 4),
-                    build_sam_network(TINY, "linear", 1, 4, train_encoder=True)):
+    for network in (
+        build_sam_network(TINY, "linear", 1, 4),
+        build_sam_network(TINY, "linear", 1, 4, train_encoder=True),
+    ):
         assert any(k.startswith("encoder.") for k in network.state_dict())
 
 
 def test_trainers_pick_their_heads():
-    assert [t.head for t in (AutoSAMTrainer, SAMCNNTrainer, SAMLinearTrainer, AutoSAMFullFTTrainer)] == \
-        ["autosam", "cnn", "linear", "autosam"]
+    assert [t.head for t in (AutoSAMTrainer, SAMCNNTrainer, SAMLinearTrainer, AutoSAMFullFTTrainer)] == [
+        "autosam",
+        "cnn",
+        "linear",
+        "autosam",
+    ]
     assert AutoSAMFullFTTrainer.train_encoder and not AutoSAMTrainer.train_encoder
 
 
 def test_3d_configuration_is_refused_before_anything_is_written():
-    plans = {"dataset_name": "Dataset001_X", "plans_name": "p", "configurations": {"3d_fullres": {
-        "patch_size": [32, 32, 32], "data_identifier": "x", "architecture": {"arch_kwargs": {}}}}}
+    plans = {
+        "dataset_name": "Dataset001_X",
+        "plans_name": "p",
+        "configurations": {
+            "3d_fullres": {"patch_size": [32, 32, 32], "data_identifier": "x", "architecture": {"arch_kwargs": {}}}
+        },
+    }
     with pytest.raises(InputError, match="configuration '3d_fullres' is 3D.*train with configuration 2d"):
         AutoSAMTrainer(plans, "3d_fullres", 0, {}, torch.device("cpu"))
 

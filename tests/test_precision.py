@@ -21,11 +21,20 @@ from nnunet_autosam.utilities.errors import InputError
 CPU = torch.device("cpu")
 TINY = EncoderSettings("tiny", 128)
 UNET_2D = {
-    "n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv2d",
-    "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": [2] * 3,
-    "n_conv_per_stage_decoder": [2] * 2, "conv_bias": True,
-    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-    "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+    "n_stages": 3,
+    "features_per_stage": [8, 16, 32],
+    "conv_op": "torch.nn.modules.conv.Conv2d",
+    "kernel_sizes": [[3, 3]] * 3,
+    "strides": [[1, 1], [2, 2], [2, 2]],
+    "n_conv_per_stage": [2] * 3,
+    "n_conv_per_stage_decoder": [2] * 2,
+    "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "dropout_op": None,
+    "dropout_op_kwargs": None,
+    "nonlin": "torch.nn.LeakyReLU",
+    "nonlin_kwargs": {"inplace": True},
 }
 
 
@@ -63,8 +72,9 @@ def test_off_is_the_fp32_path_exactly(monkeypatch):
     x = torch.randn(2, 1, 64, 48)
     with torch.no_grad():
         embedding = network.encoder(network.input_mapping(x))
-        expected = torch.nn.functional.interpolate(network.head(embedding), size=(64, 48), mode="bilinear",
-                                                   align_corners=False)
+        expected = torch.nn.functional.interpolate(
+            network.head(embedding), size=(64, 48), mode="bilinear", align_corners=False
+        )
         logits = network(x)
     assert torch.equal(network.encode(x), embedding)
     assert logits.dtype == torch.float32 and torch.equal(logits, expected)
@@ -109,9 +119,16 @@ def test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weight
 
     def unet():
         torch.manual_seed(0)
-        return get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet", UNET_2D,
-                                      ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, 3, allow_init=True,
-                                      deep_supervision=True)
+        return get_network_from_plans(
+            "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            UNET_2D,
+            ["conv_op", "norm_op", "dropout_op", "nonlin"],
+            1,
+            3,
+            allow_init=True,
+            deep_supervision=True,
+        )
+
     stock, wrapped = unet(), precision.autocast_forward_on_cpu(unet())
     assert list(stock.state_dict()) == list(wrapped.state_dict())
     x = torch.randn(2, 1, 32, 32)
@@ -133,8 +150,10 @@ def test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry(tmp_p
     tiny_file = write_sam_checkpoint(tmp_path / "sam_tiny.pth", "tiny")
     monkeypatch.setenv(MEMO_ENV, str(tmp_path / "memo"))
     network = build_sam_network(EncoderSettings("tiny", 128, str(tiny_file)), "linear", 1, 2).eval()
-    keys = {name: cache_key(cache_key_fields(network.identity, "nnUNetPlans_2d", (64, 64), CacheMode("cache"), name))
-            for name in ("fp32", "bf16")}
+    keys = {
+        name: cache_key(cache_key_fields(network.identity, "nnUNetPlans_2d", (64, 64), CacheMode("cache"), name))
+        for name in ("fp32", "bf16")
+    }
     assert keys["fp32"] != keys["bf16"]
     tile = torch.randn(1, 1, 64, 64)
     memo = EmbeddingMemo(tmp_path / "memo", network.identity)

@@ -22,8 +22,12 @@ DATASET = "Dataset027_ACDC"
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 VAL_CASES = ["patient090_frame01", "patient091_frame01", "patient092_frame01"]
 TRAIN_CASES = ["patient001_frame01", "patient002_frame01"]
-FOLDS = [{"fold": 0, "budget": 1, "seed": 0}, {"fold": 1, "budget": 1, "seed": 1},
-         {"fold": 2, "budget": 5, "seed": 0}, {"fold": 3, "budget": 5, "seed": 1}]
+FOLDS = [
+    {"fold": 0, "budget": 1, "seed": 0},
+    {"fold": 1, "budget": 1, "seed": 1},
+    {"fold": 2, "budget": 5, "seed": 0},
+    {"fold": 3, "budget": 5, "seed": 1},
+]
 NNUNET = "nnUNetTrainer__nnUNetPlans__2d"
 AUTOSAM = "AutoSAMTrainer__nnUNetPlans_SAM_tiny_256__2d"
 SAMCNN = "SAMCNNTrainer__nnUNetPlans__2d"
@@ -39,7 +43,7 @@ def write_volume(path, array):
 def reference(index: int) -> np.ndarray:
     """RV box beside a ring of myocardium (MLV) around the LV cavity (LVC); sizes vary by case."""
     array = np.zeros((6, 32, 32), dtype=np.uint8)
-    array[1:5, 8:24, 2:8 + index] = 1
+    array[1:5, 8:24, 2 : 8 + index] = 1
     array[1:5, 8:24, 12:28] = 2
     array[1:5, 11:21, 15:25] = 3
     return array
@@ -63,14 +67,20 @@ def add_method(results, method, folds, shift_by_fold, skip_case=None, unfinished
 def fake_tree(nnunet_env):
     raw = nnunet_env["nnUNet_raw"] / DATASET
     raw.mkdir()
-    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "cineMRI"}, "labels": LABELS,
-                                                  "numTraining": 5, "file_ending": ".nii.gz"}))
+    (raw / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "cineMRI"}, "labels": LABELS, "numTraining": 5, "file_ending": ".nii.gz"})
+    )
     preprocessed = nnunet_env["nnUNet_preprocessed"] / DATASET
     for index, case in enumerate(VAL_CASES + TRAIN_CASES):
         write_volume(preprocessed / "gt_segmentations" / f"{case}.nii.gz", reference(index))
-    table = {"dataset": DATASET, "val_patients": ["patient090", "patient091", "patient092"],
-             "folds": [{**fold, "train_patients": ["patient001"], "train_cases": TRAIN_CASES[:1],
-                        "val_cases": VAL_CASES} for fold in FOLDS]}
+    table = {
+        "dataset": DATASET,
+        "val_patients": ["patient090", "patient091", "patient092"],
+        "folds": [
+            {**fold, "train_patients": ["patient001"], "train_cases": TRAIN_CASES[:1], "val_cases": VAL_CASES}
+            for fold in FOLDS
+        ],
+    }
     (preprocessed / "few_label_splits.json").write_text(json.dumps(table))
 
     results = nnunet_env["nnUNet_results"] / DATASET
@@ -120,8 +130,10 @@ def test_report_values_match_evaluate_folder(fake_tree):
     row = read_rows(out_dir)[(1, AUTOSAM)]
     results = fake_tree["nnUNet_results"] / DATASET / AUTOSAM
     gt_dir = fake_tree["nnUNet_preprocessed"] / DATASET / "gt_segmentations"
-    summaries = [evaluate_folder(results / f"fold_{fold}" / "validation", gt_dir, cases=VAL_CASES, num_processes=1)
-                 for fold in (0, 1)]
+    summaries = [
+        evaluate_folder(results / f"fold_{fold}" / "validation", gt_dir, cases=VAL_CASES, num_processes=1)
+        for fold in (0, 1)
+    ]
     myo = [100 * summary["mean"][2]["Dice"] for summary in summaries]
     mean_dice = [100 * summary["foreground_mean"]["Dice"] for summary in summaries]
     assd = [summary["foreground_mean"]["ASSD_mm"] for summary in summaries]
@@ -160,8 +172,9 @@ def test_zero_shot_predictions_are_one_more_method_in_every_block(fake_tree, tmp
         write_volume(zero_shot / f"{case}.nii.gz", np.roll(reference(index), 2, axis=1))
     out_dir = build_report(DATASET, num_processes=1, zero_shot_dirs=[zero_shot])
     rows = read_rows(out_dir)
-    expected = evaluate_folder(zero_shot, fake_tree["nnUNet_preprocessed"] / DATASET / "gt_segmentations",
-                               cases=VAL_CASES, num_processes=1)["foreground_mean"]["Dice"]
+    expected = evaluate_folder(
+        zero_shot, fake_tree["nnUNet_preprocessed"] / DATASET / "gt_segmentations", cases=VAL_CASES, num_processes=1
+    )["foreground_mean"]["Dice"]
     for budget in (1, 5):
         row = rows[(budget, "zero-shot:zero_shot_vit_b")]
         assert row["method"] == "zero-shot SAM, oracle box prompts [zero_shot_vit_b]"

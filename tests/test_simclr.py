@@ -17,6 +17,7 @@ PATIENTS = ["patient001", "patient002", "patient003"]
 
 # ---- unit ------------------------------------------------------------------------------------------------
 
+
 def test_identical_views_score_lower_than_random_pairs():
     torch.manual_seed(0)
     z = torch.randn(16, 128)
@@ -62,6 +63,7 @@ def test_projection_head_and_two_views_shapes():
 
 # ---- end to end through the stock CLI -----------------------------------------------------------------
 
+
 def run_cli(*command, env):
     result = subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -75,8 +77,13 @@ def shrink_2d_plans(plans_file):
     configuration["batch_size"] = 8
     configuration["patch_size"] = [64, 64]
     configuration["architecture"]["arch_kwargs"].update(
-        n_stages=4, features_per_stage=[16, 32, 64, 128], kernel_sizes=[[3, 3]] * 4,
-        strides=[[1, 1], [2, 2], [2, 2], [2, 2]], n_conv_per_stage=[2] * 4, n_conv_per_stage_decoder=[2] * 3)
+        n_stages=4,
+        features_per_stage=[16, 32, 64, 128],
+        kernel_sizes=[[3, 3]] * 4,
+        strides=[[1, 1], [2, 2], [2, 2], [2, 2]],
+        n_conv_per_stage=[2] * 4,
+        n_conv_per_stage_decoder=[2] * 3,
+    )
     plans_file.write_text(json.dumps(plans, indent=1))
 
 
@@ -90,8 +97,13 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
     shrink_2d_plans(nnunet_env["nnUNet_preprocessed"] / "Dataset027_ACDC" / "nnUNetPlans.json")
 
     trainer_dir = run_cli("nnunet-autosam", "trainer-dir", env=env).strip()
-    env.update(nnUNet_extTrainer=trainer_dir, nnUNet_n_proc_DA="0", AUTOSAM_NUM_EPOCHS="3",
-               AUTOSAM_ITERS_PER_EPOCH="10", AUTOSAM_VAL_ITERS_PER_EPOCH="2")
+    env.update(
+        nnUNet_extTrainer=trainer_dir,
+        nnUNet_n_proc_DA="0",
+        AUTOSAM_NUM_EPOCHS="3",
+        AUTOSAM_ITERS_PER_EPOCH="10",
+        AUTOSAM_VAL_ITERS_PER_EPOCH="2",
+    )
     run_cli("nnUNetv2_train", "27", "2d", "all", "-tr", "nnUNetTrainerSimCLR", "-device", "cpu", env=env)
 
     output = nnunet_env["nnUNet_results"] / "Dataset027_ACDC" / "nnUNetTrainerSimCLR__nnUNetPlans__2d"
@@ -127,8 +139,12 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
     configuration = plans_manager.get_configuration("2d")
     dataset_json = json.loads((output / "dataset.json").read_text())
     network = nnUNetTrainer.build_network_architecture(
-        plans_manager, configuration, determine_num_input_channels(plans_manager, configuration, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, True)
+        plans_manager,
+        configuration,
+        determine_num_input_channels(plans_manager, configuration, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        True,
+    )
     encoder_keys = [key for key in network.state_dict() if key.startswith("encoder.")]
     assert encoder_keys
     fresh = {key: value.clone() for key, value in network.state_dict().items()}
@@ -138,9 +154,11 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
     printed = capsys.readouterr().out
     listed = re.findall(r"^(\S+) shape torch\.Size", printed, flags=re.MULTILINE)
     matched_encoder = [key for key in listed if key.startswith("encoder.")]
-    print(f"train losses {losses}, val losses {val_losses}; "
-          f"load_pretrained_weights matched {len(listed)} keys, {len(matched_encoder)} of "
-          f"{len(encoder_keys)} encoder keys")
+    print(
+        f"train losses {losses}, val losses {val_losses}; "
+        f"load_pretrained_weights matched {len(listed)} keys, {len(matched_encoder)} of "
+        f"{len(encoder_keys)} encoder keys"
+    )
     assert sorted(matched_encoder) == sorted(encoder_keys)
     # everything but the segmentation layers (which nnU-Net never transfers) came from the checkpoint
     assert sorted(listed) == sorted(key for key in network.state_dict() if ".seg_layers." not in key)
@@ -152,8 +170,19 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
     assert any(not torch.equal(fresh[key], weights[key]) for key in encoder_keys)
 
     # and the stock CLI fine-tunes from it: nnU-Net's own -pretrained_weights, our name for the results folder
-    finetune = run_cli("nnUNetv2_train", "27", "2d", "0", "-tr", "nnUNetTrainerSimCLRFinetune", "-device", "cpu",
-                       "-pretrained_weights", str(checkpoint_file), env=dict(env, AUTOSAM_NUM_EPOCHS="1"))
+    finetune = run_cli(
+        "nnUNetv2_train",
+        "27",
+        "2d",
+        "0",
+        "-tr",
+        "nnUNetTrainerSimCLRFinetune",
+        "-device",
+        "cpu",
+        "-pretrained_weights",
+        str(checkpoint_file),
+        env=dict(env, AUTOSAM_NUM_EPOCHS="1"),
+    )
     loaded_by_cli = re.findall(r"^(encoder\.\S+) shape torch\.Size", finetune, flags=re.MULTILINE)
     print(f"nnUNetv2_train -pretrained_weights loaded {len(loaded_by_cli)} of {len(encoder_keys)} encoder keys")
     assert sorted(loaded_by_cli) == sorted(encoder_keys)

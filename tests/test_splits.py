@@ -44,7 +44,13 @@ def group_of(groups, patient):
 def test_one_fold_per_budget_and_seed_with_patient_counts(table):
     assert table["dataset"] == "Dataset027_ACDC"
     assert [(f["fold"], f["budget"], f["seed"]) for f in table["folds"]] == [
-        (0, 1, 0), (1, 1, 1), (2, 1, 2), (3, 5, 0), (4, 5, 1), (5, 5, 2)]
+        (0, 1, 0),
+        (1, 1, 1),
+        (2, 1, 2),
+        (3, 5, 0),
+        (4, 5, 1),
+        (5, 5, 2),
+    ]
     for fold in table["folds"]:
         assert len(fold["train_patients"]) == fold["budget"]
         assert len(fold["train_cases"]) == 2 * fold["budget"]
@@ -138,5 +144,6 @@ def test_command_prints_the_table(acdc_groups, nnunet_env, capsys):
     output = capsys.readouterr().out
     assert "fold  budget  seed  training patients" in output
     assert (nnunet_env["nnUNet_preprocessed"] / "Dataset027_ACDC" / "splits_final.json").is_file()
-    assert len(json.loads((nnunet_env["nnUNet_preprocessed"] / "Dataset027_ACDC" / "splits_final.json")
-                          .read_text())) == 4
+    assert (
+        len(json.loads((nnunet_env["nnUNet_preprocessed"] / "Dataset027_ACDC" / "splits_final.json").read_text())) == 4
+    )

@@ -49,8 +49,10 @@ def write_volume(array: np.ndarray, path, reference_image=None) -> sitk.Image:
 
 def write_synthetic_case(folder, case, reference, images="images", labels="labels") -> None:
     rng = np.random.default_rng(len(case))
-    image = write_volume((rng.normal(100, 20, reference.shape) + 50 * reference).astype(np.float32),
-                         folder / images / f"{case}_0000.nii.gz")
+    image = write_volume(
+        (rng.normal(100, 20, reference.shape) + 50 * reference).astype(np.float32),
+        folder / images / f"{case}_0000.nii.gz",
+    )
     write_volume(reference, folder / labels / f"{case}.nii.gz", image)
 
 
@@ -64,6 +66,7 @@ def tight_box(mask: np.ndarray) -> tuple:
 
 
 # --- boxes and overlaps ----------------------------------------------------------------------------------------
+
 
 def test_tight_boxes_hold_each_class_and_touch_its_extremes():
     label_slice = synthetic_reference()[1]
@@ -92,18 +95,22 @@ def test_boxes_scale_x_by_width_and_y_by_height():
 
 
 def test_overlaps_go_to_the_highest_logit_above_zero():
-    logits = torch.tensor([[[2.0, 1.0, -1.0, 0.5]],
-                           [[1.0, 3.0, -2.0, 0.5]]])  # (K=2, H=1, W=4)
+    logits = torch.tensor([[[2.0, 1.0, -1.0, 0.5]], [[1.0, 3.0, -2.0, 0.5]]])  # (K=2, H=1, W=4)
     assert zero_shot.resolve_overlaps(np.array([1, 3]), logits).tolist() == [[1, 3, 0, 1]]
 
 
 def test_clipping_drops_logits_outside_each_box():
     logits = zero_shot.clip_to_boxes(torch.ones(1, 4, 5), np.array([[1, 0, 2, 2]]))
     assert (zero_shot.resolve_overlaps(np.array([1]), logits) > 0).astype(int).tolist() == [
-        [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+        [0, 1, 1, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]
 
 
 # --- the oracle: perfect boxes + a decoder that answers the reference give the reference back ---------------------
+
 
 class ReferenceOracle:
     """Stands in for SAM's decoder. Each box it receives (encoder-input frame) must be the tight box of one
@@ -141,26 +148,39 @@ def test_oracle_decoder_returns_the_reference_exactly(tmp_path, monkeypatch):
     reference = synthetic_reference()
     write_synthetic_case(tmp_path, "synth_001", reference)
     oracle = ReferenceOracle(reference, input_size=256)
-    monkeypatch.setattr(zero_shot.BoxPromptSegmenter, "decode", lambda self, embedding, boxes:
-                        oracle.decode(embedding, boxes))
-    written = zero_shot.predict_zero_shot(tmp_path / "images", tmp_path / "out", [tmp_path / "labels"], "tiny", 256,
-                                          batch_size=2, device="cpu")
+    monkeypatch.setattr(
+        zero_shot.BoxPromptSegmenter, "decode", lambda self, embedding, boxes: oracle.decode(embedding, boxes)
+    )
+    written = zero_shot.predict_zero_shot(
+        tmp_path / "images", tmp_path / "out", [tmp_path / "labels"], "tiny", 256, batch_size=2, device="cpu"
+    )
     assert written == [tmp_path / "out" / "synth_001.nii.gz"]
     assert oracle.calls == 3  # the empty slice is not prompted
     assert np.array_equal(read_array(written[0]), reference)
     prediction = sitk.ReadImage(str(written[0]))
     image = sitk.ReadImage(str(tmp_path / "images/synth_001_0000.nii.gz"))
     assert prediction.GetPixelID() == sitk.sitkUInt8
-    assert np.allclose(prediction.GetDirection(), DIRECTION) and np.allclose(prediction.GetSpacing(), image.GetSpacing())
+    assert np.allclose(prediction.GetDirection(), DIRECTION) and np.allclose(
+        prediction.GetSpacing(), image.GetSpacing()
+    )
 
 
 # --- real ACDC cases with the tiny encoder -----------------------------------------------------------------------
 
+
 def test_acdc_predictions_keep_geometry_and_stay_inside_the_boxes(acdc_dir, nnunet_env):
     raw = convert_acdc(acdc_dir, dataset_id=27, patients=["patient001", "patient002"])
-    written = zero_shot.predict_zero_shot(raw / "imagesTr", nnunet_env["nnUNet_raw"] / "out", [raw / "labelsTr"],
-                                          "tiny", 128, batch_size=4, device="cpu", clip_to_box=True)
-    cases = sorted(path.name[:-len("_0000.nii.gz")] for path in (raw / "imagesTr").iterdir())
+    written = zero_shot.predict_zero_shot(
+        raw / "imagesTr",
+        nnunet_env["nnUNet_raw"] / "out",
+        [raw / "labelsTr"],
+        "tiny",
+        128,
+        batch_size=4,
+        device="cpu",
+        clip_to_box=True,
+    )
+    cases = sorted(path.name[: -len("_0000.nii.gz")] for path in (raw / "imagesTr").iterdir())
     assert [path.name for path in written] == [f"{case}.nii.gz" for case in cases] and len(cases) == 4
     foreground = 0
     for case, path in zip(cases, written):
@@ -181,6 +201,7 @@ def test_acdc_predictions_keep_geometry_and_stay_inside_the_boxes(acdc_dir, nnun
 
 
 # --- weights ------------------------------------------------------------------------------------------------------
+
 
 def test_prompt_encoder_and_decoder_load_from_the_sam_file_at_another_input_size(tmp_path):
     path = write_sam_checkpoint(tmp_path / "sam_tiny.pth", "tiny")
@@ -206,6 +227,7 @@ def test_a_file_without_decoder_weights_is_refused(tmp_path):
 
 # --- errors -------------------------------------------------------------------------------------------------------
 
+
 def test_missing_reference_labels_are_an_input_error(tmp_path):
     write_synthetic_case(tmp_path, "synth_001", synthetic_reference())
     (tmp_path / "empty").mkdir()
@@ -228,29 +250,74 @@ def synthetic_raw_dataset(raw, channels=("MRI",)):
     folder = raw / "Dataset901_Synth"
     write_synthetic_case(folder, "synth_a", synthetic_reference(), "imagesTr", "labelsTr")
     write_synthetic_case(folder, "synth_b", synthetic_reference()[::-1].copy(), "imagesTr", "labelsTs")
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(i): name for i, name in enumerate(channels)},
-        "labels": {"background": 0, "a": 1, "b": 2, "c": 3}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {str(i): name for i, name in enumerate(channels)},
+                "labels": {"background": 0, "a": 1, "b": 2, "c": 3},
+                "numTraining": 2,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return folder
 
 
 def test_a_multi_channel_dataset_is_an_input_error(nnunet_env):
     folder = synthetic_raw_dataset(nnunet_env["nnUNet_raw"], channels=("T1", "T2"))
     with pytest.raises(InputError, match="2 image channels"):
-        cli.main(["zero-shot", "-d", "901", "-i", str(folder / "imagesTr"), "-o", str(folder / "out"),
-                  "--encoder", "tiny", "--input-size", "128"])
+        cli.main(
+            [
+                "zero-shot",
+                "-d",
+                "901",
+                "-i",
+                str(folder / "imagesTr"),
+                "-o",
+                str(folder / "out"),
+                "--encoder",
+                "tiny",
+                "--input-size",
+                "128",
+            ]
+        )
 
 
 # --- the command --------------------------------------------------------------------------------------------------
 
+
 def test_cli_runs_with_the_tiny_encoder(nnunet_env, tmp_path):
     folder = synthetic_raw_dataset(nnunet_env["nnUNet_raw"])
-    command = [shutil.which("nnunet-autosam")] if shutil.which("nnunet-autosam") else [sys.executable, "-m",
-                                                                                        "nnunet_autosam.cli"]
-    result = subprocess.run(command + ["zero-shot", "-d", "901", "-i", str(folder / "imagesTr"),
-                                       "-o", str(tmp_path / "out"), "--encoder", "tiny", "--input-size", "128",
-                                       "--jitter", "2", "--batch-size", "2", "--device", "cpu"],
-                            capture_output=True, text=True, timeout=120)
+    command = (
+        [shutil.which("nnunet-autosam")]
+        if shutil.which("nnunet-autosam")
+        else [sys.executable, "-m", "nnunet_autosam.cli"]
+    )
+    result = subprocess.run(
+        command
+        + [
+            "zero-shot",
+            "-d",
+            "901",
+            "-i",
+            str(folder / "imagesTr"),
+            "-o",
+            str(tmp_path / "out"),
+            "--encoder",
+            "tiny",
+            "--input-size",
+            "128",
+            "--jitter",
+            "2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["synth_a.nii.gz", "synth_b.nii.gz"]
     assert "oracle-prompt" in result.stdout

@@ -11,6 +11,7 @@ and renamed into place at the end, so an interrupted run leaves nothing behind.
 """
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from nnunet_autosam.data.image_checks import (
 from nnunet_autosam.data.splits import by_group, stratified_draw
 from nnunet_autosam.utilities.atomic import atomic_path, write_json
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.utilities.nnunet_paths import nnunet_folder
+from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, source_checkout
 
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 CHANNEL_NAMES = {"0": "cineMRI"}
@@ -38,11 +39,24 @@ HOLDOUT_SUBSET = "holdout"  # training patients set aside as the test set by --h
 HOLDOUT_SEED = 20180  # fixed, so every user of --holdout N holds out the same patients
 PATIENT_NAME = re.compile(r"patient\d{3}")
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+ACDC_ENV = "NNUNET_AUTOSAM_ACDC"  # where tests and benchmarks find ACDC
+
+
+def default_acdc_folder() -> Path:
+    """$NNUNET_AUTOSAM_ACDC, else ../shared/data/acdc beside the source checkout (this project's data layout)."""
+    if os.environ.get(ACDC_ENV):
+        return Path(os.environ[ACDC_ENV])
+    checkout = source_checkout() or Path.cwd()
+    return checkout.parent / "shared" / "data" / "acdc"
+
+
 INFO_INT_KEYS = ("ED", "ES", "NbFrame")
 INFO_FLOAT_KEYS = ("Height", "Weight")
-ACDC_CITATION = ("Bernard et al., Deep Learning Techniques for Automatic MRI Cardiac Multi-structures "
-                 "Segmentation and Diagnosis: Is the Problem Solved?, IEEE TMI 37(11):2514-2525, 2018, "
-                 "doi:10.1109/TMI.2018.2837502")
+ACDC_CITATION = (
+    "Bernard et al., Deep Learning Techniques for Automatic MRI Cardiac Multi-structures "
+    "Segmentation and Diagnosis: Is the Problem Solved?, IEEE TMI 37(11):2514-2525, 2018, "
+    "doi:10.1109/TMI.2018.2837502"
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +97,9 @@ def read_info_cfg(path: Path, subset: str) -> dict:
             if key in info:
                 info[key] = float(info[key])
     except ValueError as error:
-        raise InputError(f"{path} has a malformed value ({error}): the ACDC folder is damaged; "
-                         f"download it again") from None
+        raise InputError(
+            f"{path} has a malformed value ({error}): the ACDC folder is damaged; download it again"
+        ) from None
     return info
 
 
@@ -98,8 +113,7 @@ def patient_cases(folder: Path, info: dict, subset: str) -> tuple[Case, ...]:
         label = folder / f"{case_id}_gt{FILE_ENDING}"
         for needed in (image, label) if subset == "training" else (image,):
             if not needed.is_file():
-                raise InputError(f"{patient_id} has no {needed.name}: the ACDC folder is incomplete; "
-                                 f"download it again")
+                raise InputError(f"{patient_id} has no {needed.name}: the ACDC folder is incomplete; download it again")
         cases.append(Case(case_id, image, label if label.is_file() else None))
     return tuple(cases)
 
@@ -108,8 +122,10 @@ def patient_folders(acdc_dir: Path) -> dict[str, tuple[str, Path]]:
     """Map patient id -> (subset, folder) over training/ and, where present, testing/."""
     training = acdc_dir / "training"
     if not training.is_dir():
-        raise InputError(f"{acdc_dir} has no training/ folder: pass the ACDC folder that holds "
-                         f"training/patientNNN/ (and optionally testing/patientNNN/), as downloaded")
+        raise InputError(
+            f"{acdc_dir} has no training/ folder: pass the ACDC folder that holds "
+            f"training/patientNNN/ (and optionally testing/patientNNN/), as downloaded"
+        )
     folders = {}
     for subset in SUBSETS:
         subset_dir = acdc_dir / subset
@@ -118,8 +134,9 @@ def patient_folders(acdc_dir: Path) -> dict[str, tuple[str, Path]]:
                 if folder.is_dir() and PATIENT_NAME.fullmatch(folder.name):
                     folders[folder.name] = (subset, folder)
     if not any(subset == "training" for subset, _ in folders.values()):
-        raise InputError(f"{training} has no patientNNN folders: pass the ACDC folder that holds "
-                         f"training/patientNNN/, as downloaded")
+        raise InputError(
+            f"{training} has no patientNNN folders: pass the ACDC folder that holds training/patientNNN/, as downloaded"
+        )
     return folders
 
 
@@ -129,8 +146,10 @@ def find_patients(acdc_dir: Path, patients=None) -> list[Patient]:
     wanted = sorted(folders) if patients is None else list(dict.fromkeys(patients))
     unknown = [patient_id for patient_id in wanted if patient_id not in folders]
     if unknown:
-        raise InputError(f"{', '.join(unknown)} not found in {acdc_dir}: pass patient ids such as "
-                         f"patient001 that exist under training/ or testing/")
+        raise InputError(
+            f"{', '.join(unknown)} not found in {acdc_dir}: pass patient ids such as "
+            f"patient001 that exist under training/ or testing/"
+        )
     if not wanted:
         raise InputError("no patients requested: drop --patients or name at least one patient")
     found = []
@@ -153,18 +172,20 @@ def check_case(case: Case) -> None:
         image.ReadImageInformation()
         label = sitk.ReadImage(str(case.label)) if case.label else None
     except RuntimeError:
-        raise InputError(f"{case.case_id}: cannot read the image or its _gt file: the file is damaged; "
-                         f"download the ACDC data again") from None
+        raise InputError(
+            f"{case.case_id}: cannot read the image or its _gt file: the file is damaged; download the ACDC data again"
+        ) from None
     if label is None:
         return
     unexpected = unexpected_label_values(label, LABELS.values())
     if unexpected:
-        raise InputError(f"{case.label.name} has label values {unexpected} outside {sorted(LABELS.values())}: "
-                         f"the labels are not the ACDC ones; use an unmodified ACDC download")
+        raise InputError(
+            f"{case.label.name} has label values {unexpected} outside {sorted(LABELS.values())}: "
+            f"the labels are not the ACDC ones; use an unmodified ACDC download"
+        )
     mismatch = geometry_mismatch(image, label)
     if mismatch:
-        raise InputError(f"{case.label.name} {mismatch}: image and label do not match; "
-                         f"use an unmodified ACDC download")
+        raise InputError(f"{case.label.name} {mismatch}: image and label do not match; use an unmodified ACDC download")
 
 
 def check_patients(patients: list[Patient]) -> None:
@@ -190,10 +211,14 @@ def dataset_json(num_training: int, name: str) -> dict:
 
 def acdc_info(patients: list[Patient]) -> dict:
     """Info.cfg of every patient plus its case ids and subset: the splits command stratifies on Group."""
-    return {patient.patient_id: {**patient.info,
-                                 "cases": [case.case_id for case in patient.cases],
-                                 "subset": patient.subset}
-            for patient in patients}
+    return {
+        patient.patient_id: {
+            **patient.info,
+            "cases": [case.case_id for case in patient.cases],
+            "subset": patient.subset,
+        }
+        for patient in patients
+    }
 
 
 def hold_out(patients: list[Patient], count: int) -> list[Patient]:
@@ -205,15 +230,20 @@ def hold_out(patients: list[Patient], count: int) -> list[Patient]:
     if count == 0:
         return patients
     if any(patient.subset != "training" for patient in patients):
-        raise InputError("--holdout carves a test set out of training/, but this ACDC folder has testing/ "
-                         "patients too: drop --holdout and use its testing/ set, or convert without testing/")
+        raise InputError(
+            "--holdout carves a test set out of training/, but this ACDC folder has testing/ "
+            "patients too: drop --holdout and use its testing/ set, or convert without testing/"
+        )
     training = {patient.patient_id: (patient.info["Group"], None) for patient in patients}
     if not 0 < count < len(training):
-        raise InputError(f"--holdout {count} must leave at least one of the {len(training)} training patients to "
-                         f"train on: pick 1 to {len(training) - 1}")
+        raise InputError(
+            f"--holdout {count} must leave at least one of the {len(training)} training patients to "
+            f"train on: pick 1 to {len(training) - 1}"
+        )
     held_out = set(stratified_draw(by_group(training), count, np.random.default_rng(HOLDOUT_SEED)))
-    return [replace(patient, subset=HOLDOUT_SUBSET) if patient.patient_id in held_out else patient
-            for patient in patients]
+    return [
+        replace(patient, subset=HOLDOUT_SUBSET) if patient.patient_id in held_out else patient for patient in patients
+    ]
 
 
 def write_dataset(patients: list[Patient], folder: Path, name: str) -> None:
@@ -242,15 +272,17 @@ def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:
     target = raw / f"Dataset{dataset_id:03d}_{name}"
     others = sorted(p.name for p in raw.glob(f"Dataset{dataset_id:03d}_*") if p != target)
     if others:
-        raise InputError(f"{raw} already holds {others[0]} with id {dataset_id}: pick another -d, "
-                         f"or remove that folder")
+        raise InputError(
+            f"{raw} already holds {others[0]} with id {dataset_id}: pick another -d, or remove that folder"
+        )
     if target.exists() and not overwrite:
         raise InputError(f"{target} already exists: pass --overwrite to replace it")
     return target
 
 
-def convert_acdc(acdc_dir, dataset_id: int = 27, name: str = "ACDC", overwrite: bool = False,
-                 patients=None, holdout: int = 0) -> Path:
+def convert_acdc(
+    acdc_dir, dataset_id: int = 27, name: str = "ACDC", overwrite: bool = False, patients=None, holdout: int = 0
+) -> Path:
     """Convert an official ACDC folder into ``$nnUNet_raw/DatasetXXX_NAME`` and return that folder.
 
     ``patients`` (ids such as "patient001") restricts the conversion to those patients; ``holdout``
@@ -277,17 +309,28 @@ def run(args) -> None:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert-acdc", help="convert the official ACDC download into an nnU-Net v2 raw dataset",
+        "convert-acdc",
+        help="convert the official ACDC download into an nnU-Net v2 raw dataset",
         description="Check and copy the ACDC ED/ES frames (training/ and, where present, testing/) into "
-                    "$nnUNet_raw/DatasetXXX_NAME with dataset.json and acdc_info.json (Info.cfg of each "
-                    "patient). Files are copied byte for byte, so geometry is unchanged.")
+        "$nnUNet_raw/DatasetXXX_NAME with dataset.json and acdc_info.json (Info.cfg of each "
+        "patient). Files are copied byte for byte, so geometry is unchanged.",
+    )
     parser.add_argument("acdc_dir", type=Path, metavar="ACDC_DIR", help="folder holding training/patientNNN/")
     parser.add_argument("-d", "--dataset-id", type=int, default=27, help="nnU-Net dataset id (default: 27)")
     parser.add_argument("--name", default="ACDC", help="dataset name after the id (default: ACDC)")
-    parser.add_argument("--patients", nargs="+", metavar="PATIENT",
-                        help="convert only these patients, e.g. patient001 patient002 (default: all)")
-    parser.add_argument("--holdout", type=int, default=0, metavar="N",
-                        help="move N training patients (stratified by pathology group, fixed seed; listed in "
-                             "acdc_info.json as subset 'holdout') to imagesTs/labelsTs as a test set (default: 0)")
+    parser.add_argument(
+        "--patients",
+        nargs="+",
+        metavar="PATIENT",
+        help="convert only these patients, e.g. patient001 patient002 (default: all)",
+    )
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="move N training patients (stratified by pathology group, fixed seed; listed in "
+        "acdc_info.json as subset 'holdout') to imagesTs/labelsTs as a test set (default: 0)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.set_defaults(func=run)

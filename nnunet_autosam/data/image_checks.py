@@ -17,7 +17,6 @@ import struct
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -27,8 +26,10 @@ NIFTI_ENDINGS = (".nii", ".nii.gz")
 CHUNK_BYTES = 1 << 20
 GEOMETRY_ATOL = 1e-5
 # sizeof_hdr, then where dim[8], bitpix and vox_offset sit, with their struct codes (NIfTI-1 and NIfTI-2 specs)
-NIFTI_LAYOUTS = {348: {"dim": (40, "8h"), "bitpix": (72, "h"), "vox_offset": (108, "f")},
-                 540: {"dim": (16, "8q"), "bitpix": (14, "h"), "vox_offset": (168, "q")}}
+NIFTI_LAYOUTS = {
+    348: {"dim": (40, "8h"), "bitpix": (72, "h"), "vox_offset": (108, "f")},
+    540: {"dim": (16, "8q"), "bitpix": (14, "h"), "vox_offset": (168, "q")},
+}
 HEADER_BYTES = max(NIFTI_LAYOUTS)
 
 
@@ -58,9 +59,9 @@ def expected_nifti_length(header: bytes) -> int:
 
     dims, (bitpix,), (vox_offset,) = field("dim"), field("bitpix"), field("vox_offset")
     ndim = dims[0]
-    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1:ndim + 1]) or bitpix < 8 or bitpix % 8:
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dims[1 : ndim + 1]) or bitpix < 8 or bitpix % 8:
         raise ValueError(f"its NIfTI header is corrupt (dim {list(dims)}, bitpix {bitpix})")
-    return max(int(vox_offset), size) + math.prod(dims[1:ndim + 1]) * (bitpix // 8)
+    return max(int(vox_offset), size) + math.prod(dims[1 : ndim + 1]) * (bitpix // 8)
 
 
 def _stream_length(stream, first_bytes: int) -> tuple[bytes, int]:
@@ -68,12 +69,12 @@ def _stream_length(stream, first_bytes: int) -> tuple[bytes, int]:
     head, length = b"", 0
     while chunk := stream.read(CHUNK_BYTES):
         if len(head) < first_bytes:
-            head += chunk[:first_bytes - len(head)]
+            head += chunk[: first_bytes - len(head)]
         length += len(chunk)
     return head, length
 
 
-def nifti_problem(path) -> Optional[str]:
+def nifti_problem(path) -> str | None:
     """Why a .nii or .nii.gz file cannot be trusted (truncated, corrupt, unreadable), or None if it is whole.
 
     Files of other formats return None unchecked.
@@ -95,8 +96,7 @@ def nifti_problem(path) -> Optional[str]:
     except ValueError as error:
         return f"is truncated or not NIfTI: {error}"
     if length < expected:
-        return (f"is truncated or corrupt: it holds {length} bytes of NIfTI data but its header promises "
-                f"{expected}")
+        return f"is truncated or corrupt: it holds {length} bytes of NIfTI data but its header promises {expected}"
     return None
 
 
@@ -120,15 +120,16 @@ def itk_warnings_off():
         sitk.ProcessObject.SetGlobalWarningDisplay(was_on)
 
 
-def geometry_mismatch(image, other, image_name: str = "its image") -> Optional[str]:
+def geometry_mismatch(image, other, image_name: str = "its image") -> str | None:
     """How ``other``'s grid differs from ``image``'s (size, spacing, origin, direction), or None.
 
     Both are SimpleITK images or ImageFileReaders after ReadImageInformation.
     """
     for what in ("Size", "Spacing", "Origin", "Direction"):
         image_value, other_value = getattr(image, f"Get{what}")(), getattr(other, f"Get{what}")()
-        if len(image_value) != len(other_value) or not np.allclose(image_value, other_value, rtol=0,
-                                                                    atol=GEOMETRY_ATOL):
+        if len(image_value) != len(other_value) or not np.allclose(
+            image_value, other_value, rtol=0, atol=GEOMETRY_ATOL
+        ):
             return f"{what.lower()} {tuple(other_value)} differs from {image_name}'s {tuple(image_value)}"
     return None
 

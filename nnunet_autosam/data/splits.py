@@ -28,7 +28,7 @@ def labelled_cases(raw_dataset: Path) -> list[str]:
         raise InputError(f"{dataset_json} not found: convert the dataset first (nnunet-autosam convert-acdc)")
     ending = json.loads(dataset_json.read_text(encoding="utf-8"))["file_ending"]
     labels = raw_dataset / "labelsTr"
-    cases = sorted(p.name[:-len(ending)] for p in labels.glob(f"*{ending}")) if labels.is_dir() else []
+    cases = sorted(p.name[: -len(ending)] for p in labels.glob(f"*{ending}")) if labels.is_dir() else []
     if not cases:
         raise InputError(f"{labels} holds no {ending} labels: convert the dataset again")
     return cases
@@ -46,12 +46,17 @@ def dataset_patients(dataset_name: str) -> dict[str, tuple[str | None, list[str]
     if not info_file.is_file():
         return {case: (None, [case]) for case in cases}
     info = json.loads(info_file.read_text(encoding="utf-8"))
-    patients = {patient_id: (entry.get("Group"), sorted(entry["cases"]))
-                for patient_id, entry in info.items() if entry["subset"] == "training"}
+    patients = {
+        patient_id: (entry.get("Group"), sorted(entry["cases"]))
+        for patient_id, entry in info.items()
+        if entry["subset"] == "training"
+    }
     listed = sorted(case for _, patient_cases in patients.values() for case in patient_cases)
     if listed != cases:
-        raise InputError(f"{info_file} and {raw_dataset / 'labelsTr'} list different cases: "
-                         f"convert the dataset again with --overwrite")
+        raise InputError(
+            f"{info_file} and {raw_dataset / 'labelsTr'} list different cases: "
+            f"convert the dataset again with --overwrite"
+        )
     return patients
 
 
@@ -88,8 +93,10 @@ def check_arguments(budgets, seeds: int, val_patients: int, num_patients: int, d
     if seeds < 1 or val_patients < 1:
         raise InputError("--seeds and --val-patients must be at least 1")
     if max(budgets) > num_patients - 1:
-        raise InputError(f"budget {max(budgets)} exceeds the {num_patients - 1} patients of {dataset_name} left "
-                         f"after keeping one for validation: use budgets up to {num_patients - 1}")
+        raise InputError(
+            f"budget {max(budgets)} exceeds the {num_patients - 1} patients of {dataset_name} left "
+            f"after keeping one for validation: use budgets up to {num_patients - 1}"
+        )
 
 
 def cases_of(patients: dict, chosen) -> list[str]:
@@ -114,8 +121,16 @@ def make_few_label_splits(dataset, budgets, seeds: int, val_patients: int = 20) 
     for budget in budgets:
         for seed in range(seeds):
             train = stratified_draw(training_pool, budget, np.random.default_rng([seed, budget]))
-            folds.append({"fold": len(folds), "budget": budget, "seed": seed, "train_patients": train,
-                          "train_cases": cases_of(patients, train), "val_cases": val_cases})
+            folds.append(
+                {
+                    "fold": len(folds),
+                    "budget": budget,
+                    "seed": seed,
+                    "train_patients": train,
+                    "train_cases": cases_of(patients, train),
+                    "val_cases": val_cases,
+                }
+            )
     return {"dataset": dataset_name, "val_patients": validation, "folds": folds}
 
 
@@ -137,8 +152,10 @@ def write_splits(table: dict, force: bool = False) -> Path:
     splits = [{"train": fold["train_cases"], "val": fold["val_cases"]} for fold in table["folds"]]
     target = folder / SPLITS_FILE
     if target.is_file() and not force and read_splits(target) != splits:
-        raise InputError(f"{target} already exists with other splits: pass --force to replace it "
-                         f"(folds already trained on it would no longer match)")
+        raise InputError(
+            f"{target} already exists with other splits: pass --force to replace it "
+            f"(folds already trained on it would no longer match)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     write_json(table, folder / TABLE_FILE)
     write_json(splits, target)
@@ -147,8 +164,10 @@ def write_splits(table: dict, force: bool = False) -> Path:
 
 def print_table(table: dict) -> None:
     val_cases = table["folds"][0]["val_cases"]
-    print(f"{table['dataset']}: {len(table['val_patients'])} validation patients ({len(val_cases)} cases), "
-          f"the same for every fold")
+    print(
+        f"{table['dataset']}: {len(table['val_patients'])} validation patients ({len(val_cases)} cases), "
+        f"the same for every fold"
+    )
     print("fold  budget  seed  training patients")
     for fold in table["folds"]:
         print(f"{fold['fold']:>4}  {fold['budget']:>6}  {fold['seed']:>4}  {' '.join(fold['train_patients'])}")
@@ -164,15 +183,22 @@ def run(args) -> None:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "splits", help="write few-label training splits (budget x seed) as nnU-Net folds",
+        "splits",
+        help="write few-label training splits (budget x seed) as nnU-Net folds",
         description="Write $nnUNet_preprocessed/DatasetXXX/splits_final.json with one fold per (budget, seed) "
-                    "and a shared validation set, plus few_label_splits.json listing the patients of each fold. "
-                    "Budgets count patients; ACDC folds are stratified by pathology group.")
+        "and a shared validation set, plus few_label_splits.json listing the patients of each fold. "
+        "Budgets count patients; ACDC folds are stratified by pathology group.",
+    )
     parser.add_argument("dataset", metavar="DATASET", help="dataset id (27) or name (Dataset027_ACDC)")
-    parser.add_argument("--labelled", nargs="+", type=int, required=True, metavar="N",
-                        help="training budgets in patients, e.g. 1 5 20")
+    parser.add_argument(
+        "--labelled", nargs="+", type=int, required=True, metavar="N", help="training budgets in patients, e.g. 1 5 20"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="draws per budget (default: 3)")
-    parser.add_argument("--val-patients", type=int, default=20,
-                        help="size of the shared validation set in patients (default: 20, fewer on small datasets)")
+    parser.add_argument(
+        "--val-patients",
+        type=int,
+        default=20,
+        help="size of the shared validation set in patients (default: 20, fewer on small datasets)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a splits_final.json with other content")
     parser.set_defaults(func=run)

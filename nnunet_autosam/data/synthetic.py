@@ -25,7 +25,10 @@ def _frame(rng: np.random.Generator, shape, centre, lv_radius: float, wall: floa
         taper = 1.0 - 0.6 * abs(z - depth / 2) / depth  # the heart narrows towards apex and base
         cy, cx = centre[0] + rng.normal(0, 0.5), centre[1] + rng.normal(0, 0.5)
         distance = np.hypot(yy - cy, xx - cx)
-        lv, myo = distance < lv_radius * taper, (distance >= lv_radius * taper) & (distance < (lv_radius + wall) * taper)
+        lv, myo = (
+            distance < lv_radius * taper,
+            (distance >= lv_radius * taper) & (distance < (lv_radius + wall) * taper),
+        )
         rv_distance = np.hypot(yy - cy, xx - (cx - 1.9 * lv_radius * taper))
         rv = (rv_distance < 1.3 * lv_radius * taper) & ~lv & ~myo & (distance >= (lv_radius + wall) * taper)
         labels[z][rv], labels[z][myo], labels[z][lv] = 1, 2, 3
@@ -52,8 +55,9 @@ def _write_patient(patient_dir: Path, patient: str, group: str, shape, rng: np.r
     (patient_dir / "Info.cfg").write_text(f"ED: 1\nES: 10\nGroup: {group}\nHeight: 170.0\nWeight: 70.0\nNbFrame: 20\n")
 
 
-def write_synthetic_acdc(folder, num_patients: int = 6, num_testing: int = 0, shape=(8, 128, 128),
-                         seed: int = 0) -> Path:
+def write_synthetic_acdc(
+    folder, num_patients: int = 6, num_testing: int = 0, shape=(8, 128, 128), seed: int = 0
+) -> Path:
     """Write ``folder``/training/patient001... and testing/patient101... like ACDC's; returns ``folder``."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)

@@ -13,7 +13,6 @@ there is any.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from tqdm import tqdm
 
@@ -31,7 +30,7 @@ class Case:
 
     name: str
     images: list
-    label: Optional[Path]
+    label: Path | None
 
     @property
     def files(self) -> list:
@@ -66,19 +65,27 @@ def subset_cases(folder: Path, subset: str, num_channels: int, file_ending: str,
         if match and int(match["channel"]) < num_channels:
             channels.setdefault(match["case"], {})[int(match["channel"])] = path
         else:
-            problems.append(f"{path} is not named CASE_XXXX{file_ending} with a channel below {num_channels}, "
-                            f"as dataset.json's channel_names ask")
+            problems.append(
+                f"{path} is not named CASE_XXXX{file_ending} with a channel below {num_channels}, "
+                f"as dataset.json's channel_names ask"
+            )
     labels = files_ending(labels_dir, file_ending)
     label_required = subset == "Tr" or labels_dir.is_dir()
     cases = []
     for name, found in sorted(channels.items()):
-        problems.extend(f"{images_dir / f'{name}_{channel:04d}{file_ending}'} is missing: case {name} has "
-                        f"other channels" for channel in range(num_channels) if channel not in found)
+        problems.extend(
+            f"{images_dir / f'{name}_{channel:04d}{file_ending}'} is missing: case {name} has other channels"
+            for channel in range(num_channels)
+            if channel not in found
+        )
         if name not in labels and label_required:
             problems.append(f"{labels_dir / (name + file_ending)} is missing: case {name} has images")
         cases.append(Case(name, [found[channel] for channel in sorted(found)], labels.get(name)))
-    problems.extend(f"{path} has no image: {images_dir} holds no {name}_0000{file_ending}"
-                    for name, path in labels.items() if name not in channels)
+    problems.extend(
+        f"{path} has no image: {images_dir} holds no {name}_0000{file_ending}"
+        for name, path in labels.items()
+        if name not in channels
+    )
     return cases
 
 
@@ -103,8 +110,10 @@ def case_problems(case: Case, allowed_labels: list) -> list:
         headers = [read_header(path) for path in case.images]
         label = sitk.ReadImage(str(case.label)) if case.label else None
     except RuntimeError:
-        return [f"case {case.name}: SimpleITK cannot read {' or '.join(p.name for p in case.files)}; "
-                f"check the files' format"]
+        return [
+            f"case {case.name}: SimpleITK cannot read {' or '.join(p.name for p in case.files)}; "
+            f"check the files' format"
+        ]
     others = [*zip(case.images[1:], headers[1:]), *([(case.label, label)] if label else [])]
     for path, other in others:
         mismatch = geometry_mismatch(headers[0], other, case.images[0].name)
@@ -113,8 +122,10 @@ def case_problems(case: Case, allowed_labels: list) -> list:
     if label is not None:
         unexpected = unexpected_label_values(label, allowed_labels)
         if unexpected:
-            problems.append(f"{case.label} has label values {unexpected} that dataset.json does not define "
-                            f"(it has {allowed_labels})")
+            problems.append(
+                f"{case.label} has label values {unexpected} that dataset.json does not define "
+                f"(it has {allowed_labels})"
+            )
     return problems
 
 
@@ -127,8 +138,10 @@ def verify_dataset(folder: Path) -> tuple[list, int]:
     if "labels" not in dataset_json:
         raise InputError(f"{dataset_json_path} has no 'labels': nnU-Net needs them; add them as in its documentation")
     if "dataset" in dataset_json:
-        raise InputError(f"{dataset_json_path} lists its files under 'dataset': verify reads the imagesTr/"
-                         f"labelsTr/imagesTs/labelsTs folders only")
+        raise InputError(
+            f"{dataset_json_path} lists its files under 'dataset': verify reads the imagesTr/"
+            f"labelsTr/imagesTs/labelsTs folders only"
+        )
     file_ending = dataset_json.get("file_ending", ".nii.gz")
     num_channels = len(dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": None})
     problems = []
@@ -136,8 +149,10 @@ def verify_dataset(folder: Path) -> tuple[list, int]:
     if not cases["Tr"]:
         problems.append(f"{folder / 'imagesTr'} holds no *_0000{file_ending} images: nnU-Net trains on them")
     if dataset_json.get("numTraining") != len(cases["Tr"]):
-        problems.append(f"{dataset_json_path} says numTraining {dataset_json.get('numTraining')} but imagesTr "
-                        f"holds {len(cases['Tr'])} cases")
+        problems.append(
+            f"{dataset_json_path} says numTraining {dataset_json.get('numTraining')} but imagesTr "
+            f"holds {len(cases['Tr'])} cases"
+        )
     allowed = allowed_label_values(dataset_json)
     all_cases = [*cases["Tr"], *cases["Ts"]]
     with itk_warnings_off():
@@ -152,8 +167,10 @@ def run(args) -> int:
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{folder.name}: {len(problems)} problem(s) in {num_files} files checked; copy truncated or "
-              f"corrupt files again and fix the others before planning")
+        print(
+            f"{folder.name}: {len(problems)} problem(s) in {num_files} files checked; copy truncated or "
+            f"corrupt files again and fix the others before planning"
+        )
         return 1
     print(f"{folder.name}: all {num_files} files complete, on their images' grids, with known labels")
     return 0
@@ -161,9 +178,11 @@ def run(args) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "verify", help="check every file of a raw dataset: complete, on one grid, known labels",
+        "verify",
+        help="check every file of a raw dataset: complete, on one grid, known labels",
         description="Check imagesTr, labelsTr, imagesTs and labelsTs of $nnUNet_raw/DatasetXXX: every NIfTI file "
-                    "complete (gzip stream and voxel data), every case with all channels and its label on one "
-                    "grid, label values defined in dataset.json. Lists every problem; exits 1 if there is any.")
+        "complete (gzip stream and voxel data), every case with all channels and its label on one "
+        "grid, label values defined in dataset.json. Lists every problem; exits 1 if there is any.",
+    )
     parser.add_argument("dataset", metavar="DATASET", help="dataset id (27) or name (Dataset027_ACDC)")
     parser.set_defaults(func=run)

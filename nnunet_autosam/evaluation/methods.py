@@ -19,7 +19,7 @@ DEFAULT_CONFIGURATION = "2d"
 def method_display_name(folder_name: str) -> str:
     """A readable method name; plans and configuration are appended only when not the defaults."""
     if folder_name.startswith(ZERO_SHOT_PREFIX):
-        return f"zero-shot SAM, oracle box prompts [{folder_name[len(ZERO_SHOT_PREFIX):]}]"
+        return f"zero-shot SAM, oracle box prompts [{folder_name[len(ZERO_SHOT_PREFIX) :]}]"
     trainer, plans, configuration = folder_name.split("__")
     name = METHOD_NAMES.get(trainer, trainer)
     if plans != DEFAULT_PLANS:

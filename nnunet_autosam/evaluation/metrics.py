@@ -67,8 +67,11 @@ def labels_found_in(reference_files) -> list:
 
 def list_cases(gt_dir: Path, file_ending: str) -> list:
     """Case names (file names without the ending) of the references in ``gt_dir``."""
-    return sorted(path.name[:-len(file_ending)] for path in gt_dir.iterdir()
-                  if path.name.endswith(file_ending) and not path.name.startswith("."))
+    return sorted(
+        path.name[: -len(file_ending)]
+        for path in gt_dir.iterdir()
+        if path.name.endswith(file_ending) and not path.name.startswith(".")
+    )
 
 
 def missing_predictions(pred_dir: Path, cases, file_ending: str = DEFAULT_FILE_ENDING) -> list:
@@ -104,8 +107,10 @@ def surface_distances_mm(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: n
         diagonal = float(np.linalg.norm(np.asarray(ref_mask.shape) * spacing))
         return diagonal, diagonal
     pred_mask, ref_mask = crop_to_union(pred_mask, ref_mask)
-    return (float(assd(pred_mask, ref_mask, voxelspacing=spacing)),
-            float(hd95(pred_mask, ref_mask, voxelspacing=spacing)))
+    return (
+        float(assd(pred_mask, ref_mask, voxelspacing=spacing)),
+        float(hd95(pred_mask, ref_mask, voxelspacing=spacing)),
+    )
 
 
 def image_size(file: Path) -> tuple:
@@ -121,8 +126,10 @@ def check_shapes_match(pairs) -> None:
     for pred_file, ref_file in pairs:
         pred_size, ref_size = image_size(pred_file), image_size(ref_file)
         if pred_size != ref_size:
-            raise InputError(f"case {ref_file.name}: prediction size {pred_size} differs from reference size "
-                             f"{ref_size} (x, y, z); predict on the reference's image grid")
+            raise InputError(
+                f"case {ref_file.name}: prediction size {pred_size} differs from reference size "
+                f"{ref_size} (x, y, z); predict on the reference's image grid"
+            )
 
 
 def evaluate_case(pred_file: Path, ref_file: Path, labels, ignore_label=None) -> dict:
@@ -150,10 +157,15 @@ def mean_metrics(per_case: list, labels):
     metric_names = list(per_case[0]["metrics"][labels[0]])
     with warnings.catch_warnings():  # a label that is NaN in every case has a NaN mean, which is the point
         warnings.simplefilter("ignore", RuntimeWarning)
-        means = {label: {name: float(np.nanmean([case["metrics"][label][name] for case in per_case]))
-                         for name in metric_names} for label in labels}
-        foreground_mean = {name: float(np.mean([means[label][name] for label in labels if label != 0]))
-                           for name in metric_names}
+        means = {
+            label: {
+                name: float(np.nanmean([case["metrics"][label][name] for case in per_case])) for name in metric_names
+            }
+            for label in labels
+        }
+        foreground_mean = {
+            name: float(np.mean([means[label][name] for label in labels if label != 0])) for name in metric_names
+        }
     return means, foreground_mean
 
 
@@ -168,8 +180,15 @@ def write_summary(summary: dict, output_file: Path) -> Path:
         for case in summary["metric_per_case"]:
             name = Path(case["reference_file"]).name
             for label, metrics in case["metrics"].items():
-                writer.writerow([name, label_or_region_to_key(label), *(metrics[m] for m in CSV_METRICS),
-                                 case["prediction_file"], case["reference_file"]])
+                writer.writerow(
+                    [
+                        name,
+                        label_or_region_to_key(label),
+                        *(metrics[m] for m in CSV_METRICS),
+                        case["prediction_file"],
+                        case["reference_file"],
+                    ]
+                )
     return csv_file
 
 
@@ -180,13 +199,16 @@ def case_files(pred_dir: Path, gt_dir: Path, cases, file_ending: str):
             raise InputError(f"{what} folder {folder} does not exist; pass the folder holding the *{file_ending} files")
     cases = list_cases(gt_dir, file_ending) if cases is None else sorted(cases)
     if not cases:
-        raise InputError(f"no *{file_ending} references in {gt_dir}; pass the folder with the ground truth "
-                         f"(or set --file-ending)")
+        raise InputError(
+            f"no *{file_ending} references in {gt_dir}; pass the folder with the ground truth (or set --file-ending)"
+        )
     missing = missing_predictions(pred_dir, cases, file_ending)
     if missing:
-        raise InputError(f"{len(missing)} of {len(cases)} cases have no prediction in {pred_dir} "
-                         f"(e.g. {', '.join(missing[:3])}); predict them, or evaluate against a reference "
-                         f"folder holding only the predicted cases")
+        raise InputError(
+            f"{len(missing)} of {len(cases)} cases have no prediction in {pred_dir} "
+            f"(e.g. {', '.join(missing[:3])}); predict them, or evaluate against a reference "
+            f"folder holding only the predicted cases"
+        )
     ref_files = [gt_dir / f"{case}{file_ending}" for case in cases]
     missing_refs = [file.name for file in ref_files if not file.is_file()]
     if missing_refs:
@@ -202,8 +224,16 @@ def default_labels(gt_dir: Path, ref_files):
     return labels_found_in(ref_files), None
 
 
-def evaluate_folder(pred_dir, gt_dir, labels=None, output_file=None, num_processes: int = default_num_processes,
-                    cases=None, file_ending: str = DEFAULT_FILE_ENDING, ignore_label=None) -> dict:
+def evaluate_folder(
+    pred_dir,
+    gt_dir,
+    labels=None,
+    output_file=None,
+    num_processes: int = default_num_processes,
+    cases=None,
+    file_ending: str = DEFAULT_FILE_ENDING,
+    ignore_label=None,
+) -> dict:
     """Evaluate the predictions of ``cases`` (default: every reference in ``gt_dir``) against their references.
 
     Every prediction and reference must be a complete file (:func:`require_intact`) before any is scored.
@@ -224,8 +254,7 @@ def evaluate_folder(pred_dir, gt_dir, labels=None, output_file=None, num_process
 
     tasks = [(pred_file, ref_file, list(labels), ignore_label) for pred_file, ref_file in zip(pred_files, ref_files)]
     with multiprocessing.Pool(max(1, min(num_processes, len(tasks)))) as pool:
-        per_case = list(tqdm(pool.imap(_evaluate_case_task, tasks), total=len(tasks), desc="evaluating",
-                             unit="case"))
+        per_case = list(tqdm(pool.imap(_evaluate_case_task, tasks), total=len(tasks), desc="evaluating", unit="case"))
     means, foreground_mean = mean_metrics(per_case, list(labels))
     summary = {"metric_per_case": per_case, "mean": means, "foreground_mean": foreground_mean}
     if output_file is not None:
@@ -235,28 +264,56 @@ def evaluate_folder(pred_dir, gt_dir, labels=None, output_file=None, num_process
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "evaluate", help="Dice, IoU, ASSD and HD95 (mm) per case and label for a folder of predictions",
+        "evaluate",
+        help="Dice, IoU, ASSD and HD95 (mm) per case and label for a folder of predictions",
         description="Evaluate predicted segmentations against references matched by file name. Writes "
-                    "nnU-Net's summary.json layout with ASSD_mm and HD95_mm added, and a CSV beside it.")
+        "nnU-Net's summary.json layout with ASSD_mm and HD95_mm added, and a CSV beside it.",
+    )
     parser.add_argument("pred_dir", type=Path, metavar="PRED_DIR", help="folder with the predicted segmentations")
     parser.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="folder with the reference segmentations")
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help=f"summary JSON to write (default: PRED_DIR/{DEFAULT_SUMMARY_NAME}); "
-                             "the CSV goes beside it")
-    parser.add_argument("-l", "--labels", type=int, nargs="+", default=None,
-                        help="foreground labels (default: from GT_DIR/../dataset.json, else all found in GT_DIR)")
-    parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
-                        help=f"worker processes (default: {default_num_processes})")
-    parser.add_argument("--file-ending", default=DEFAULT_FILE_ENDING,
-                        help=f"file ending of the segmentations (default: {DEFAULT_FILE_ENDING})")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help=f"summary JSON to write (default: PRED_DIR/{DEFAULT_SUMMARY_NAME}); the CSV goes beside it",
+    )
+    parser.add_argument(
+        "-l",
+        "--labels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="foreground labels (default: from GT_DIR/../dataset.json, else all found in GT_DIR)",
+    )
+    parser.add_argument(
+        "-np",
+        "--num-processes",
+        type=int,
+        default=default_num_processes,
+        help=f"worker processes (default: {default_num_processes})",
+    )
+    parser.add_argument(
+        "--file-ending",
+        default=DEFAULT_FILE_ENDING,
+        help=f"file ending of the segmentations (default: {DEFAULT_FILE_ENDING})",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args):
     output_file = args.output or args.pred_dir / DEFAULT_SUMMARY_NAME
-    summary = evaluate_folder(args.pred_dir, args.gt_dir, labels=args.labels, output_file=output_file,
-                              num_processes=args.num_processes, file_ending=args.file_ending)
+    summary = evaluate_folder(
+        args.pred_dir,
+        args.gt_dir,
+        labels=args.labels,
+        output_file=output_file,
+        num_processes=args.num_processes,
+        file_ending=args.file_ending,
+    )
     mean = summary["foreground_mean"]
-    print(f"{len(summary['metric_per_case'])} cases: mean Dice {mean['Dice']:.4f}, "
-          f"ASSD {mean['ASSD_mm']:.2f} mm, HD95 {mean['HD95_mm']:.2f} mm")
+    print(
+        f"{len(summary['metric_per_case'])} cases: mean Dice {mean['Dice']:.4f}, "
+        f"ASSD {mean['ASSD_mm']:.2f} mm, HD95 {mean['HD95_mm']:.2f} mm"
+    )
     print(f"wrote {output_file} and {output_file.with_suffix('.csv')}")

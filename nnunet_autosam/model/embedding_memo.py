@@ -18,8 +18,9 @@ temporary name and renamed, so concurrent predictions and interruptions never le
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -37,8 +37,16 @@ def build_head(head: str, num_classes: int, grid_size: int) -> nn.Module:
 class SAMSegmentationNetwork(nn.Module):
     """(B, 1, H, W) z-scored patch -> (B, C, H, W) logits, every class in one pass, no softmax."""
 
-    def __init__(self, input_mapping: nn.Module, encoder: nn.Module, head: nn.Module, identity: dict,
-                 train_encoder: bool, store_encoder: bool, embedding_memo: EmbeddingMemo = None):
+    def __init__(
+        self,
+        input_mapping: nn.Module,
+        encoder: nn.Module,
+        head: nn.Module,
+        identity: dict,
+        train_encoder: bool,
+        store_encoder: bool,
+        embedding_memo: EmbeddingMemo = None,
+    ):
         super().__init__()
         self.input_mapping = input_mapping
         self.encoder = encoder
@@ -95,14 +103,18 @@ class SAMSegmentationNetwork(nn.Module):
         trained = {k: v for k, v in state.items() if k != "encoder_stored"}
         for key in ("encoder_type", "input_size", "input_mapping"):
             if trained.get(key) != self.identity.get(key):
-                raise InputError(f"this checkpoint was trained with {key} {trained.get(key)!r} but the plans build "
-                                 f"{self.identity.get(key)!r}: predict with the plans.json saved beside the checkpoint")
+                raise InputError(
+                    f"this checkpoint was trained with {key} {trained.get(key)!r} but the plans build "
+                    f"{self.identity.get(key)!r}: predict with the plans.json saved beside the checkpoint"
+                )
         if not state.get("encoder_stored") and trained.get("checkpoint_sha256") != self.identity["checkpoint_sha256"]:
-            raise InputError(f"SAM checkpoint {self.identity['checkpoint_file']} (sha256 "
-                             f"{str(self.identity['checkpoint_sha256'])[:12]}) is not the file this head was trained "
-                             f"on (sha256 {str(trained.get('checkpoint_sha256'))[:12]}, "
-                             f"{trained.get('checkpoint_file')}): restore that file (in $nnUNet_SAM_weights, or "
-                             f"name it with nnunet-autosam plans --checkpoint)")
+            raise InputError(
+                f"SAM checkpoint {self.identity['checkpoint_file']} (sha256 "
+                f"{str(self.identity['checkpoint_sha256'])[:12]}) is not the file this head was trained "
+                f"on (sha256 {str(trained.get('checkpoint_sha256'))[:12]}, "
+                f"{trained.get('checkpoint_file')}): restore that file (in $nnUNet_SAM_weights, or "
+                f"name it with nnunet-autosam plans --checkpoint)"
+            )
 
 
 def _reset_mode(module: SAMSegmentationNetwork, incompatible_keys) -> None:
@@ -115,20 +127,31 @@ def _drop_unstored_encoder(module: SAMSegmentationNetwork, state_dict: dict, pre
             del state_dict[key]
 
 
-def _restore_unstored_encoder(module: SAMSegmentationNetwork, state_dict: dict, prefix: str, local_metadata,
-                              strict, missing_keys, unexpected_keys, error_msgs) -> None:
+def _restore_unstored_encoder(
+    module: SAMSegmentationNetwork,
+    state_dict: dict,
+    prefix: str,
+    local_metadata,
+    strict,
+    missing_keys,
+    unexpected_keys,
+    error_msgs,
+) -> None:
     """A lean checkpoint has no encoder.* keys: keep the weights the network was built with."""
     if not any(k.startswith(prefix + "encoder.") for k in state_dict):
         for key, value in module.encoder.state_dict().items():
             state_dict[prefix + "encoder." + key] = value
 
 
-def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: int, num_classes: int,
-                      train_encoder: bool = False) -> SAMSegmentationNetwork:
+def build_sam_network(
+    settings: EncoderSettings, head: str, num_input_channels: int, num_classes: int, train_encoder: bool = False
+) -> SAMSegmentationNetwork:
     """Build the encoder (weights from its file where there is one), the head, and join them."""
     if num_input_channels != 1:
-        raise InputError(f"SAM encoders take one image channel but this dataset has {num_input_channels}: "
-                         f"train on a single-channel dataset (one modality)")
+        raise InputError(
+            f"SAM encoders take one image channel but this dataset has {num_input_channels}: "
+            f"train on a single-channel dataset (one modality)"
+        )
     encoder_type, input_size = settings.encoder_type, settings.input_size
     family = encoders.family(encoder_type)
     family.check_input_size(encoder_type, input_size)
@@ -148,5 +171,12 @@ def build_sam_network(settings: EncoderSettings, head: str, num_input_channels: 
     store_encoder = train_encoder or path is None
     # Only a frozen encoder whose weights the identity pins (by file hash) may share remembered embeddings.
     memo = None if store_encoder else EmbeddingMemo.from_environment(identity)
-    return SAMSegmentationNetwork(input_mapping, encoder, head_module, identity, train_encoder=train_encoder,
-                                  store_encoder=store_encoder, embedding_memo=memo)
+    return SAMSegmentationNetwork(
+        input_mapping,
+        encoder,
+        head_module,
+        identity,
+        train_encoder=train_encoder,
+        store_encoder=store_encoder,
+        embedding_memo=memo,
+    )

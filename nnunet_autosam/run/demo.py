@@ -40,34 +40,55 @@ RANDOM_ENCODERS = ("tiny",)
 def banner(encoder: str) -> str:
     """What the demo's numbers are worth: a random encoder shows plumbing, a real one a (short) experiment."""
     if encoder in RANDOM_ENCODERS:
-        return (f"nnunet-autosam demo: a RANDOM encoder ({encoder}) of SAM's architecture shows the workflow end to "
-                f"end; its SAM rows say nothing about a foundation model's quality (see README).")
-    return (f"nnunet-autosam demo: the {encoder} encoder with its real pretrained weights, every method on the same "
-            f"short CPU schedule and a few patients: real numbers from a tiny experiment, not the paper's schedule.")
+        return (
+            f"nnunet-autosam demo: a RANDOM encoder ({encoder}) of SAM's architecture shows the workflow end to "
+            f"end; its SAM rows say nothing about a foundation model's quality (see README)."
+        )
+    return (
+        f"nnunet-autosam demo: the {encoder} encoder with its real pretrained weights, every method on the same "
+        f"short CPU schedule and a few patients: real numbers from a tiny experiment, not the paper's schedule."
+    )
 
 
 def acdc_patients(acdc_dir: Path, count: int) -> list:
     """``count`` training patients spread over the pathology groups (ACDC numbers them 20 per group)."""
     names = sorted(p.name for p in (acdc_dir / "training").glob("patient*") if p.is_dir())
     if len(names) < count:
-        raise InputError(f"{acdc_dir}/training holds {len(names)} patients, the demo needs {count}: "
-                         f"point --acdc at the ACDC folder holding training/")
+        raise InputError(
+            f"{acdc_dir}/training holds {len(names)} patients, the demo needs {count}: "
+            f"point --acdc at the ACDC folder holding training/"
+        )
     stride = max(1, len(names) // count)
     return names[::stride][:count]
 
 
-def run_demo(output: Path, acdc_dir=None, num_patients: int = 3, budgets=(1,), epochs: int = 2,
-             iterations: int = 10, encoder: str = DEMO_ENCODER, input_size=None, device: str = "cpu",
-             trainers=None) -> Path:
+def run_demo(
+    output: Path,
+    acdc_dir=None,
+    num_patients: int = 3,
+    budgets=(1,),
+    epochs: int = 2,
+    iterations: int = 10,
+    encoder: str = DEMO_ENCODER,
+    input_size=None,
+    device: str = "cpu",
+    trainers=None,
+) -> Path:
     """Run the whole job; returns the report folder."""
     print(banner(encoder), flush=True)
     trainers = list(trainers or (BASELINE_TRAINER, SIMCLR_TRAINER, *SAM_TRAINERS))
     pretrain_simclr = SIMCLR_TRAINER in trainers
     if pretrain_simclr:
-        print(f"SimCLR pretraining is cut to the demo's schedule like every trainer: {epochs} x {iterations} "
-              f"iterations (epochs x iterations per epoch) instead of the recipe's 1000 x 250.", flush=True)
-    schedule = {"AUTOSAM_NUM_EPOCHS": str(epochs), "AUTOSAM_ITERS_PER_EPOCH": str(iterations),
-                "AUTOSAM_VAL_ITERS_PER_EPOCH": str(max(1, iterations // 5))}
+        print(
+            f"SimCLR pretraining is cut to the demo's schedule like every trainer: {epochs} x {iterations} "
+            f"iterations (epochs x iterations per epoch) instead of the recipe's 1000 x 250.",
+            flush=True,
+        )
+    schedule = {
+        "AUTOSAM_NUM_EPOCHS": str(epochs),
+        "AUTOSAM_ITERS_PER_EPOCH": str(iterations),
+        "AUTOSAM_VAL_ITERS_PER_EPOCH": str(max(1, iterations // 5)),
+    }
     # Validation and prediction of every frozen-encoder head and fold share the encoder's passes over the same tiles.
     workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo")})
     if acdc_dir is None:
@@ -81,11 +102,15 @@ def run_demo(output: Path, acdc_dir=None, num_patients: int = 3, budgets=(1,), e
     # all trainers and folds (AutoSAMFullFTTrainer trains its encoder and runs on the fly).
     # Batch 2: the CNN head (1024 channels on a 64x64 grid) and fine-tuning the encoder cost seconds per
     # sample on a CPU.
-    plans = workspace.prepare(source, ["--patients", *patients] if patients else [],
-                              [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"])
+    plans = workspace.prepare(
+        source,
+        ["--patients", *patients] if patients else [],
+        [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"],
+    )
     steps.update(2)
-    workspace.plugin("splits", DATASET_ID, "--labelled", *map(str, budgets), "--seeds", "1",
-                     "--val-patients", str(val_patients))
+    workspace.plugin(
+        "splits", DATASET_ID, "--labelled", *map(str, budgets), "--seeds", "1", "--val-patients", str(val_patients)
+    )
     steps.update(1)
     test_images = workspace.root / "nnUNet_raw" / "Dataset027_ACDC" / "imagesTs"
     has_test_set = test_images.is_dir() and any(test_images.iterdir())
@@ -100,23 +125,43 @@ def run_demo(output: Path, acdc_dir=None, num_patients: int = 3, budgets=(1,), e
             options = ["-pretrained_weights", str(simclr_checkpoint)] if trainer == SIMCLR_TRAINER else []
             workspace.train(trainer, fold, trainer_plans, device, *options)
             if has_test_set:
-                workspace.predict(test_images, output / "test_predictions" / f"{trainer}__{trainer_plans}__2d"
-                                  / f"fold_{fold}", trainer, fold, trainer_plans, device)
+                workspace.predict(
+                    test_images,
+                    output / "test_predictions" / f"{trainer}__{trainer_plans}__2d" / f"fold_{fold}",
+                    trainer,
+                    fold,
+                    trainer_plans,
+                    device,
+                )
             steps.update(1)
     # The oracle-box baseline segments the images the report scores (the validation cases are among imagesTr).
     steps.set_postfix_str("zero-shot")
     zero_shot_images = test_images if has_test_set else test_images.with_name("imagesTr")
     zero_shot = output / f"zero_shot_{encoder}"
-    workspace.plugin("zero-shot", "-d", DATASET_ID, "-i", str(zero_shot_images), "-o", str(zero_shot), *encoder_args,
-                     "--device", device)
+    workspace.plugin(
+        "zero-shot",
+        "-d",
+        DATASET_ID,
+        "-i",
+        str(zero_shot_images),
+        "-o",
+        str(zero_shot),
+        *encoder_args,
+        "--device",
+        device,
+    )
     steps.update(1)
     steps.close()
     report_args = ["report", "-d", DATASET_ID, "--zero-shot", str(zero_shot)]
     if has_test_set:
         report_args += ["--test-pred-root", str(output / "test_predictions")]
     workspace.plugin(*report_args)
-    report_dir = workspace.root / "nnUNet_results" / "Dataset027_ACDC" / (
-        "autosam_report_test" if has_test_set else "autosam_report")
+    report_dir = (
+        workspace.root
+        / "nnUNet_results"
+        / "Dataset027_ACDC"
+        / ("autosam_report_test" if has_test_set else "autosam_report")
+    )
     print((report_dir / "report.md").read_text(encoding="utf-8"))
     print(f"Report: {report_dir / 'report.md'}, plot: {report_dir / 'report.png'}")
     return report_dir
@@ -124,28 +169,46 @@ def run_demo(output: Path, acdc_dir=None, num_patients: int = 3, budgets=(1,), e
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run convert -> plan -> train -> predict -> report on a small dataset, on the CPU",
-        description="Run the main job on a few patients with a short schedule, on the CPU: " + banner(DEMO_ENCODER))
+        "demo",
+        help="run convert -> plan -> train -> predict -> report on a small dataset, on the CPU",
+        description="Run the main job on a few patients with a short schedule, on the CPU: " + banner(DEMO_ENCODER),
+    )
     parser.add_argument("--acdc", type=Path, help="an ACDC folder holding training/ (default: built-in synthetic data)")
-    parser.add_argument("--output", type=Path, default=Path("nnunet_autosam_demo"),
-                        help="working folder for nnUNet_raw/preprocessed/results (default: ./nnunet_autosam_demo)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("nnunet_autosam_demo"),
+        help="working folder for nnUNet_raw/preprocessed/results (default: ./nnunet_autosam_demo)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     # One budget and 2 validation patients by default: each trainer on each budget is a training and a prediction
     # (about 15 s of nnU-Net's start-up alone on 2 cores), and each validation slice an encoder pass per trainer
     # whose encoder is trained; 4 patients took the demo to 10.75 minutes on this project's idle 2-core CPU.
     parser.add_argument("--patients", type=int, default=3, help="training patients (default: 3)")
-    parser.add_argument("--labelled", type=int, nargs="+", default=[1],
-                        help="budgets in labelled patients (default: 1; e.g. 1 3 for two points on the plot)")
+    parser.add_argument(
+        "--labelled",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="budgets in labelled patients (default: 1; e.g. 1 3 for two points on the plot)",
+    )
     parser.add_argument("--epochs", type=int, default=2, help="epochs of every training, SimCLR pretraining included")
     parser.add_argument("--iters", type=int, default=10, help="training iterations per epoch")
-    parser.add_argument("--encoder", default=DEMO_ENCODER, choices=encoders.encoder_types(),
-                        help=f"encoder of the SAM plans and the zero-shot baseline (default: {DEMO_ENCODER}, real "
-                             f"weights, no download; tiny: random, fastest)")
+    parser.add_argument(
+        "--encoder",
+        default=DEMO_ENCODER,
+        choices=encoders.encoder_types(),
+        help=f"encoder of the SAM plans and the zero-shot baseline (default: {DEMO_ENCODER}, real "
+        f"weights, no download; tiny: random, fastest)",
+    )
     parser.add_argument("--input-size", type=int, help="encoder input size (default: the encoder's preset)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--trainers", nargs="+",
-                        help=f"default: {BASELINE_TRAINER}, {SIMCLR_TRAINER} (after {SIMCLR_PRETRAINER}) and "
-                             f"{' '.join(SAM_TRAINERS)}; the zero-shot baseline always runs")
+    parser.add_argument(
+        "--trainers",
+        nargs="+",
+        help=f"default: {BASELINE_TRAINER}, {SIMCLR_TRAINER} (after {SIMCLR_PRETRAINER}) and "
+        f"{' '.join(SAM_TRAINERS)}; the zero-shot baseline always runs",
+    )
     parser.set_defaults(func=run)
 
 
@@ -155,7 +218,19 @@ def run(args) -> None:
             raise InputError(f"{args.output} exists and is not empty: pass --overwrite or another --output")
         shutil.rmtree(args.output)
     if max(args.labelled) >= args.patients:
-        raise InputError(f"budget {max(args.labelled)} leaves no validation patient out of {args.patients}: "
-                         f"raise --patients or lower --labelled")
-    run_demo(args.output.resolve(), args.acdc, args.patients, tuple(args.labelled), args.epochs, args.iters,
-             args.encoder, args.input_size, args.device, args.trainers)
+        raise InputError(
+            f"budget {max(args.labelled)} leaves no validation patient out of {args.patients}: "
+            f"raise --patients or lower --labelled"
+        )
+    run_demo(
+        args.output.resolve(),
+        args.acdc,
+        args.patients,
+        tuple(args.labelled),
+        args.epochs,
+        args.iters,
+        args.encoder,
+        args.input_size,
+        args.device,
+        args.trainers,
+    )

@@ -26,8 +26,9 @@ def check_trainer_variable() -> tuple:
     entries = [Path(p).expanduser().resolve() for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if folder in entries:
         return True, f"nnUNet_extTrainer includes {folder}"
-    return False, ("nnUNet_extTrainer does not include the SAM trainers: "
-                   "export nnUNet_extTrainer=$(nnunet-autosam trainer-dir)")
+    return False, (
+        "nnUNet_extTrainer does not include the SAM trainers: export nnUNet_extTrainer=$(nnunet-autosam trainer-dir)"
+    )
 
 
 def check_nnunet_folders() -> list:
@@ -51,11 +52,13 @@ def check_weights() -> list:
 
 def check_accelerator() -> tuple:
     import torch
+
     if torch.cuda.is_available():
         return True, f"CUDA: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} device(s))"
     # Not a failure: everything runs on the CPU, only slowly with real SAM encoders.
-    return True, ("no CUDA device: training runs on the CPU (pass -device cpu); lite_medsam suits a CPU, "
-                  "SAM's ViTs want a GPU")
+    return True, (
+        "no CUDA device: training runs on the CPU (pass -device cpu); lite_medsam suits a CPU, SAM's ViTs want a GPU"
+    )
 
 
 def check_cpu_precision() -> tuple:
@@ -63,6 +66,7 @@ def check_cpu_precision() -> tuple:
 
     from nnunet_autosam.utilities.errors import InputError
     from nnunet_autosam.utilities.precision import CPU_BF16_ENV, describe
+
     try:
         line = describe(torch.device("cpu"))
     except InputError as error:
@@ -71,12 +75,20 @@ def check_cpu_precision() -> tuple:
 
 
 def run_doctor(args) -> int:
-    checks = [check_nnunet_version(), check_trainer_variable(), *check_nnunet_folders(), *check_weights(),
-              check_accelerator(), check_cpu_precision()]
+    checks = [
+        check_nnunet_version(),
+        check_trainer_variable(),
+        *check_nnunet_folders(),
+        *check_weights(),
+        check_accelerator(),
+        check_cpu_precision(),
+    ]
     for ok, line in checks:
         print(f"[{ {True: 'ok', False: 'FIX', None: '--'}[ok] }] {line}")
-    print("Data: `nnunet-autosam verify DATASET` checks every file of a raw dataset (complete, on one grid, "
-          "known labels).")
+    print(
+        "Data: `nnunet-autosam verify DATASET` checks every file of a raw dataset (complete, on one grid, "
+        "known labels)."
+    )
     return 0 if all(ok is not False for ok, _ in checks) else 1
 
 

@@ -148,24 +148,35 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
     projection_dim: int = 128
     view_augmentation_probability: float = 0.5
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         # Why: SimCLR's own hyperparameters and the label-free sampling (the base applies the AUTOSAM_* schedule).
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_ddp:
-            raise InputError("nnUNetTrainerSimCLR runs on one device: NT-Xent needs all negatives on it; "
-                             "drop -num_gpus")
+            raise InputError(
+                "nnUNetTrainerSimCLR runs on one device: NT-Xent needs all negatives on it; drop -num_gpus"
+            )
         if self.configuration_manager.batch_size < 2:
-            raise InputError(f"configuration {configuration!r} has batch size {self.configuration_manager.batch_size}, "
-                             f"but NT-Xent needs at least 2 patches per batch: raise batch_size in the plans")
+            raise InputError(
+                f"configuration {configuration!r} has batch size {self.configuration_manager.batch_size}, "
+                f"but NT-Xent needs at least 2 patches per batch: raise batch_size in the plans"
+            )
         self.initial_lr = 1e-3
         self.weight_decay = 1e-4
         self.oversample_foreground_percent = 0.0  # foreground oversampling would read the labels
         self.enable_deep_supervision = False  # the decoder is not trained
         self.projection_head = None  # -> configure_optimizers, once the encoder exists
-        self.print_to_log_file(f"SimCLR pretraining of the encoder on all cases, labels unused: NT-Xent at "
-                               f"temperature {self.temperature}, projection to {self.projection_dim} dims, "
-                               f"AdamW lr {self.initial_lr}, weight decay {self.weight_decay}")
+        self.print_to_log_file(
+            f"SimCLR pretraining of the encoder on all cases, labels unused: NT-Xent at "
+            f"temperature {self.temperature}, projection to {self.projection_dim} dims, "
+            f"AdamW lr {self.initial_lr}, weight decay {self.weight_decay}"
+        )
 
     def _network_module(self) -> nn.Module:
         module = self.network.module if isinstance(self.network, DDP) else self.network
@@ -174,8 +185,10 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
     def _encoder(self) -> nn.Module:
         encoder = getattr(self._network_module(), "encoder", None)
         if encoder is None:
-            raise InputError(f"{type(self._network_module()).__name__} has no .encoder: nnUNetTrainerSimCLR needs "
-                             f"nnU-Net's PlainConvUNet or ResidualEncoderUNet")
+            raise InputError(
+                f"{type(self._network_module()).__name__} has no .encoder: nnUNetTrainerSimCLR needs "
+                f"nnU-Net's PlainConvUNet or ResidualEncoderUNet"
+            )
         return encoder
 
     def _do_i_compile(self) -> bool:
@@ -199,32 +212,61 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
         # Why: pretraining uses no labels, so every case trains whatever the fold; nothing is held out.
         if self.dataset_class is None:
             from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         keys = list(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
-        self.print_to_log_file(f"SimCLR: fold {self.fold} trains on all {len(keys)} cases; validation reports "
-                               f"the contrastive loss on fresh augmentations of the same cases")
+        self.print_to_log_file(
+            f"SimCLR: fold {self.fold} trains on all {len(keys)} cases; validation reports "
+            f"the contrastive loss on fresh augmentations of the same cases"
+        )
         return keys, keys
 
     @staticmethod
-    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
-                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
-                                foreground_labels=None, regions=None, ignore_label=None) -> BasicTransform:
+    def get_training_transforms(
+        patch_size,
+        rotation_for_DA,
+        deep_supervision_scales,
+        mirror_axes,
+        do_dummy_2d_data_aug,
+        use_mask_for_norm=None,
+        is_cascaded=False,
+        foreground_labels=None,
+        regions=None,
+        ignore_label=None,
+    ) -> BasicTransform:
         # Why: two independently augmented views of each patch, from nnU-Net's own (strengthened) pipeline.
         views = nnUNetTrainer.get_training_transforms(
-            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
-            use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
-            regions=regions, ignore_label=ignore_label)
+            patch_size,
+            rotation_for_DA,
+            deep_supervision_scales,
+            mirror_axes,
+            do_dummy_2d_data_aug,
+            use_mask_for_norm=use_mask_for_norm,
+            is_cascaded=is_cascaded,
+            foreground_labels=foreground_labels,
+            regions=regions,
+            ignore_label=ignore_label,
+        )
         return TwoViews(strengthen_for_contrastive(views, nnUNetTrainerSimCLR.view_augmentation_probability))
 
-    def get_validation_transforms(self, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
-                                  regions=None, ignore_label=None) -> BasicTransform:
+    def get_validation_transforms(
+        self, deep_supervision_scales, is_cascaded=False, foreground_labels=None, regions=None, ignore_label=None
+    ) -> BasicTransform:
         # Why: the validation loss is the contrastive loss, which needs the same two augmented views.
         patch_size = self.configuration_manager.patch_size
         rotation, dummy_2d, _, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         return self.get_training_transforms(
-            patch_size, rotation, deep_supervision_scales, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=is_cascaded,
-            foreground_labels=foreground_labels, regions=regions, ignore_label=ignore_label)
+            patch_size,
+            rotation,
+            deep_supervision_scales,
+            mirror_axes,
+            dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=is_cascaded,
+            foreground_labels=foreground_labels,
+            regions=regions,
+            ignore_label=ignore_label,
+        )
 
     def _views_loss(self, batch: dict) -> torch.Tensor:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -276,8 +318,9 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         self.print_to_log_file("train_loss", np.round(self.logger.get_value("train_losses", step=-1), decimals=4))
         self.print_to_log_file("val_loss", np.round(self.logger.get_value("val_losses", step=-1), decimals=4))
-        duration = (self.logger.get_value("epoch_end_timestamps", step=-1)
-                    - self.logger.get_value("epoch_start_timestamps", step=-1))
+        duration = self.logger.get_value("epoch_end_timestamps", step=-1) - self.logger.get_value(
+            "epoch_start_timestamps", step=-1
+        )
         self.print_to_log_file(f"Epoch time: {np.round(duration, decimals=2)} s")
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
@@ -305,9 +348,11 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         # Why: no segmentation head is trained, so there is nothing to segment or score.
-        self.print_to_log_file("SimCLR pretraining: final validation skipped (no segmentation head is trained). "
-                               "Fine-tune with: nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerSimCLRFinetune "
-                               f"-pretrained_weights {join(self.output_folder, 'checkpoint_final.pth')}")
+        self.print_to_log_file(
+            "SimCLR pretraining: final validation skipped (no segmentation head is trained). "
+            "Fine-tune with: nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerSimCLRFinetune "
+            f"-pretrained_weights {join(self.output_folder, 'checkpoint_final.pth')}"
+        )
 
 
 class nnUNetTrainerSimCLRFinetune(nnUNetTrainerEnvSchedule):

@@ -79,8 +79,14 @@ class nnUNetTrainerEnvSchedule(nnUNetTrainer):
     runner, which compare nnU-Net and the SAM heads on the same iterations and at the same precision.
     """
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         for attribute, value in schedule_from_environment().items():
             setattr(self, attribute, value)
@@ -88,13 +94,18 @@ class nnUNetTrainerEnvSchedule(nnUNetTrainer):
         self.print_to_log_file(f"precision: {describe(self.device)}")
 
     @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> torch.nn.Module:
+    def build_network_architecture(
+        plans_manager: PlansManager,
+        configuration_manager: ConfigurationManager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> torch.nn.Module:
         # Why: nnU-Net's train_step and predictor autocast on CUDA only; this adds CPU bf16 to the network itself,
         # so training, validation and nnUNetv2_predict all get it (the weights and keys stay stock).
-        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                           num_output_channels, enable_deep_supervision)
+        network = nnUNetTrainer.build_network_architecture(
+            plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision
+        )
         return autocast_forward_on_cpu(network)
 
     def backward_and_step(self, loss: torch.Tensor, parameters) -> None:
@@ -122,46 +133,73 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
     train_encoder: bool = False
     encoder_lr_factor: float = 0.1
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         patch_size = PlansManager(plans).get_configuration(configuration).patch_size
         if len(patch_size) != 2:
-            raise InputError(f"configuration {configuration!r} is 3D, but SAM's encoders are 2D: "
-                             f"train with configuration 2d")
+            raise InputError(
+                f"configuration {configuration!r} is 3D, but SAM's encoders are 2D: train with configuration 2d"
+            )
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.initial_lr = 5e-4
         settings = EncoderSettings.from_configuration(self.configuration_manager.configuration)
-        self.print_to_log_file(f"SAM encoder {settings.encoder_type} at {settings.input_size}x{settings.input_size}, "
-                               f"head {self.head}, encoder {'trained' if self.train_encoder else 'frozen'}")
+        self.print_to_log_file(
+            f"SAM encoder {settings.encoder_type} at {settings.input_size}x{settings.input_size}, "
+            f"head {self.head}, encoder {'trained' if self.train_encoder else 'frozen'}"
+        )
         self.embedding_cache_mode = mode_from_settings(self.configuration_manager.configuration)
         if self.embedding_cache_mode.enabled and self.train_encoder and os.environ.get(CACHE_ENV) is None:
             # The plans' default serves the frozen-encoder trainers that share these plans; only an
             # explicit AUTOSAM_EMBEDDING_CACHE for a trained encoder is an error.
-            self.print_to_log_file(f"the plans' embedding cache ({self.embedding_cache_mode}) is for frozen encoders; "
-                                   f"{type(self).__name__} trains its encoder, so it runs on the fly")
+            self.print_to_log_file(
+                f"the plans' embedding cache ({self.embedding_cache_mode}) is for frozen encoders; "
+                f"{type(self).__name__} trains its encoder, so it runs on the fly"
+            )
             self.embedding_cache_mode = CacheMode()
         if self.embedding_cache_mode.enabled:
             if self.train_encoder:
-                raise InputError(f"{type(self).__name__} trains the encoder, so its embeddings cannot be cached: "
-                                 f"set {CACHE_ENV}=off for this trainer")
+                raise InputError(
+                    f"{type(self).__name__} trains the encoder, so its embeddings cannot be cached: "
+                    f"set {CACHE_ENV}=off for this trainer"
+                )
             if self.is_ddp:
-                raise InputError(f"embedding cache mode {self.embedding_cache_mode} trains on one device: run "
-                                 f"without -num_gpus, or set {CACHE_ENV}=off")
+                raise InputError(
+                    f"embedding cache mode {self.embedding_cache_mode} trains on one device: run "
+                    f"without -num_gpus, or set {CACHE_ENV}=off"
+                )
             check_label_based(self.label_manager)
-        self.print_to_log_file(f"embedding cache mode: {self.embedding_cache_mode}" + (
-            " (training iterations read cached embeddings and run only the head; validation runs the full "
-            "network on the fly)" if self.embedding_cache_mode.enabled else " (encoder runs on the fly)"))
+        self.print_to_log_file(
+            f"embedding cache mode: {self.embedding_cache_mode}"
+            + (
+                " (training iterations read cached embeddings and run only the head; validation runs the full "
+                "network on the fly)"
+                if self.embedding_cache_mode.enabled
+                else " (encoder runs on the fly)"
+            )
+        )
         self._training_dataset = None
 
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> torch.nn.Module:
+    def build_network_architecture(
+        cls,
+        plans_manager: PlansManager,
+        configuration_manager: ConfigurationManager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> torch.nn.Module:
         # A classmethod (nnU-Net's is static): the predictor calls it on the class, and the class picks the head.
         settings = EncoderSettings.from_configuration(configuration_manager.configuration)
-        return build_sam_network(settings, cls.head, num_input_channels, num_output_channels,
-                                 train_encoder=cls.train_encoder)
+        return build_sam_network(
+            settings, cls.head, num_input_channels, num_output_channels, train_encoder=cls.train_encoder
+        )
 
     def get_tr_and_val_datasets(self):
         # Kept so that a cache mode knows which cases this fold trains on, without splitting twice.
@@ -184,11 +222,18 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         sampler = None
         if mode.kind == "cache_views":
             sampler = training_view_sampler(
-                type(self), dataset, self.configuration_manager, self.label_manager,
-                self.oversample_foreground_percent)
+                type(self), dataset, self.configuration_manager, self.label_manager, self.oversample_foreground_percent
+            )
         cache = EmbeddingCache(
-            self.preprocessed_dataset_folder_base, network.identity, self.configuration_manager.data_identifier,
-            self.configuration_manager.patch_size, mode, dataset, sampler, precision=embedding_precision(self.device))
+            self.preprocessed_dataset_folder_base,
+            network.identity,
+            self.configuration_manager.data_identifier,
+            self.configuration_manager.patch_size,
+            mode,
+            dataset,
+            sampler,
+            precision=embedding_precision(self.device),
+        )
         cases = sorted(dataset.identifiers)
         report = cache.ensure(cases, network, self.batch_size, log=self.print_to_log_file)
         samples = cache.open(cases)
@@ -196,10 +241,12 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
             f"embedding cache: mode {mode}, key {cache.key[:16]}, folder {cache.folder}; {len(cases)} training "
             f"cases, {len(samples) // mode.views} slices x {mode.views} view(s) = {len(samples)} cached samples; "
             f"built {len(report.built)} cases ({report.samples_built} samples) in {report.seconds:.1f} s, "
-            f"reused {len(report.reused)}")
+            f"reused {len(report.reused)}"
+        )
         if mode.kind == "cache":
-            self.print_to_log_file("embedding cache: training without data augmentation (each slice padded/cropped "
-                                   "to the patch size once)")
+            self.print_to_log_file(
+                "embedding cache: training without data augmentation (each slice padded/cropped to the patch size once)"
+            )
         return CachedBatches(samples, self.batch_size, self.oversample_foreground_percent)
 
     def train_step(self, batch: dict) -> dict:
@@ -210,7 +257,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         target = batch["target"].to(self.device, non_blocking=True)
         network = self._sam_network()
         self.optimizer.zero_grad(set_to_none=True)
-        # nnU-Net's fp16 autocast on CUDA, as in its own train_step; bf16 on a CPU where it is on (segment() sets it too).
+        # nnU-Net's fp16 autocast on CUDA, as in its own train_step; bf16 on a CPU where it is on (segment() too).
         with training_autocast(self.device):
             loss = self.loss(network.segment(embedding, target.shape[-2:]), target)
         self.backward_and_step(loss, self.network.parameters())
@@ -219,8 +266,9 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         # Mirrors stay a training augmentation, but at inference each mirror is another full ViT pass (4 per
         # patch in 2d; measured 4.3x the prediction time, benchmarks/speed.py): off unless AUTOSAM_MIRROR_TTA=1.
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+        rotation, dummy_2d, initial_patch_size, mirror_axes = (
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        )
         if os.environ.get(MIRROR_TTA_ENV, "0").lower() not in ("1", "true", "t"):
             self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, mirror_axes
@@ -238,8 +286,9 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         network = self._sam_network()
         groups = [{"params": [p for p in network.head.parameters() if p.requires_grad], "lr": self.initial_lr}]
         if self.train_encoder:
-            groups.append({"params": list(network.encoder.parameters()),
-                           "lr": self.initial_lr * self.encoder_lr_factor})
+            groups.append(
+                {"params": list(network.encoder.parameters()), "lr": self.initial_lr * self.encoder_lr_factor}
+            )
         # fused: one kernel for all parameters instead of ~10 per tensor; the same update
         optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, weight_decay=self.weight_decay, fused=True)
         return optimizer, GroupwisePolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
@@ -249,5 +298,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         network = self._sam_network()
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in network.parameters() if not p.requires_grad)
-        self.print_to_log_file(f"parameters: {trainable:,} trained, {frozen:,} frozen "
-                               f"({np.round(trainable / max(1, trainable + frozen) * 100, 2)}% trained)")
+        self.print_to_log_file(
+            f"parameters: {trainable:,} trained, {frozen:,} frozen "
+            f"({np.round(trainable / max(1, trainable + frozen) * 100, 2)}% trained)"
+        )

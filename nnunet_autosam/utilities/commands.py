@@ -38,8 +38,10 @@ def nnunet_command(name: str) -> str:
     """
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
-        raise InputError(f"{name} is neither beside {sys.executable} nor on PATH: install nnU-Net into this "
-                         f"environment ({sys.executable} -m pip install 'nnunetv2>=2.8.1')")
+        raise InputError(
+            f"{name} is neither beside {sys.executable} nor on PATH: install nnU-Net into this "
+            f"environment ({sys.executable} -m pip install 'nnunetv2>=2.8.1')"
+        )
     return found
 
 
@@ -50,10 +52,16 @@ class Workspace:
         # One worker process each for preprocessing and export: for the demo's small cases, starting more
         # costs more than they save (measured on 2 cores: a 4-case validation 23 s with two, 13-15 s with one).
         self.root = Path(root)
-        self.env = dict(os.environ, nnUNet_raw=str(self.root / "nnUNet_raw"),
-                        nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
-                        nnUNet_results=str(self.root / "nnUNet_results"), nnUNet_extTrainer=str(trainer_dir()),
-                        nnUNet_def_n_proc="1", **schedule, **(extra_env or {}))
+        self.env = dict(
+            os.environ,
+            nnUNet_raw=str(self.root / "nnUNet_raw"),
+            nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
+            nnUNet_results=str(self.root / "nnUNet_results"),
+            nnUNet_extTrainer=str(trainer_dir()),
+            nnUNet_def_n_proc="1",
+            **schedule,
+            **(extra_env or {}),
+        )
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
 
@@ -66,8 +74,10 @@ class Workspace:
             command = (nnunet_command(command[0]), *command[1:])
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed with exit code {result.returncode}:\n"
-                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed with exit code {result.returncode}:\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
         return result.stdout
 
     def plugin(self, *args: str) -> str:
@@ -80,14 +90,21 @@ class Workspace:
         return self.plugin("plans", DATASET_ID, *encoder_args).strip().splitlines()[-1]
 
     def train(self, trainer: str, fold, plans: str, device: str, *options: str) -> None:
-        self.run("nnUNetv2_train", DATASET_ID, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device,
-                 *options)
+        self.run(
+            "nnUNetv2_train", DATASET_ID, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device, *options
+        )
 
     @property
     def simclr_checkpoint(self) -> Path:
         """Where SimCLR pretraining leaves the checkpoint that the fine-tuning folds start from."""
-        return (self.root / "nnUNet_results" / "Dataset027_ACDC" / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
-                / "fold_all" / "checkpoint_final.pth")
+        return (
+            self.root
+            / "nnUNet_results"
+            / "Dataset027_ACDC"
+            / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
+            / "fold_all"
+            / "checkpoint_final.pth"
+        )
 
     def pretrain_simclr(self, device: str) -> Path:
         """SimCLR pretraining on every training image (fold ``all``); returns the checkpoint to fine-tune from."""
@@ -95,6 +112,24 @@ class Workspace:
         return self.simclr_checkpoint
 
     def predict(self, images: Path, output: Path, trainer: str, fold: int, plans: str, device: str) -> None:
-        self.run("nnUNetv2_predict", "-i", str(images), "-o", str(output), "-d", DATASET_ID, "-c", "2d",
-                 "-tr", trainer, "-p", plans, "-f", str(fold), "-device", device, "--disable_tta",
-                 *SEQUENTIAL_PREDICTION)
+        self.run(
+            "nnUNetv2_predict",
+            "-i",
+            str(images),
+            "-o",
+            str(output),
+            "-d",
+            DATASET_ID,
+            "-c",
+            "2d",
+            "-tr",
+            trainer,
+            "-p",
+            plans,
+            "-f",
+            str(fold),
+            "-device",
+            device,
+            "--disable_tta",
+            *SEQUENTIAL_PREDICTION,
+        )

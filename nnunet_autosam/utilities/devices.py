@@ -1,11 +1,9 @@
 """The torch device a command runs on: the one named, else CUDA where there is one, else the CPU."""
 
-from typing import Optional
-
 from nnunet_autosam.utilities.errors import InputError
 
 
-def pick_device(name: Optional[str] = None):
+def pick_device(name: str | None = None):
     """``name`` (cpu, cuda, cuda:N) as a torch.device, checked; None picks CUDA where available, else the CPU."""
     import torch
 

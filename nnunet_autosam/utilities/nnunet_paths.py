@@ -31,9 +31,11 @@ def resolve_dataset(dataset) -> str:
     try:
         return maybe_convert_to_dataset_name(str(dataset))
     except (RuntimeError, ValueError):
-        raise InputError(f"cannot find one dataset for {dataset!r} under nnUNet_raw, nnUNet_preprocessed or "
-                         f"nnUNet_results: convert it first (nnunet-autosam convert-acdc) or pass the right "
-                         f"id or DatasetXXX_NAME") from None
+        raise InputError(
+            f"cannot find one dataset for {dataset!r} under nnUNet_raw, nnUNet_preprocessed or "
+            f"nnUNet_results: convert it first (nnunet-autosam convert-acdc) or pass the right "
+            f"id or DatasetXXX_NAME"
+        ) from None
 
 
 def preprocessed_folder(dataset) -> Path:
@@ -42,12 +44,19 @@ def preprocessed_folder(dataset) -> Path:
 
 
 def trainer_dir() -> Path:
-    """The repository's trainers/ folder: a source checkout's own when the package runs from one, else the installed copy.
+    """The repository's trainers/ folder: a source checkout's own when the package runs from one, else the
+    installed copy.
 
     A checkout on PYTHONPATH (as tests/mutants.py runs a copy) may have no installed ext_trainers package, or one
     that an editable install maps onto another checkout's trainers/.
     """
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "setup.py").is_file() and (checkout / "trainers").is_dir():
+    checkout = source_checkout()
+    if checkout is not None and (checkout / "trainers").is_dir():
         return checkout / "trainers"
     return Path(str(resources.files("nnunet_autosam.ext_trainers")))
+
+
+def source_checkout():
+    """The repository the package runs from (a Path), or None for an installed copy."""
+    checkout = Path(__file__).resolve().parents[2]
+    return checkout if (checkout / "setup.py").is_file() else None

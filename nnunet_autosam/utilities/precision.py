@@ -19,7 +19,6 @@ cache's and the prediction memo's keys, so fp32 and bf16 embeddings never mix.
 import functools
 import os
 from contextlib import nullcontext
-from typing import Optional
 
 import torch
 
@@ -48,11 +47,13 @@ def cpu_bf16_enabled() -> bool:
         return True
     if value in ("0", "off", "false", "no"):
         return False
-    raise InputError(f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]!r} is not a setting: use auto, 1 (force bf16 on "
-                     f"the CPU) or 0 (fp32 on the CPU)")
+    raise InputError(
+        f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]!r} is not a setting: use auto, 1 (force bf16 on "
+        f"the CPU) or 0 (fp32 on the CPU)"
+    )
 
 
-def encoder_dtype(device: torch.device) -> Optional[torch.dtype]:
+def encoder_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype a SAM-family encoder runs in under autocast: bf16 on CUDA (fp16 where bf16 is missing),
     bf16 on a CPU with bf16 units (see module docstring), None (fp32) otherwise."""
     if device.type == "cuda":

@@ -1,6 +1,6 @@
 """Shards of a list of work items: ``--shard i/n`` takes items i, i+n, i+2n, ... of the sorted list."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from nnunet_autosam.utilities.errors import InputError
 

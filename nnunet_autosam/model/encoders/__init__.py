@@ -9,7 +9,6 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 from torch import nn
 
@@ -23,7 +22,7 @@ FAMILY_MODULES = (
 
 
 @lru_cache(maxsize=1)
-def _families_by_type() -> Dict[str, EncoderFamily]:
+def _families_by_type() -> dict[str, EncoderFamily]:
     by_type = {}
     for module_name in FAMILY_MODULES:
         found = importlib.import_module(module_name).FAMILY
@@ -48,7 +47,7 @@ def families() -> list:
     return list(dict.fromkeys(_families_by_type().values()))
 
 
-def describe_encoder_state(encoder_state: dict) -> Tuple[str, str]:
+def describe_encoder_state(encoder_state: dict) -> tuple[str, str]:
     """(what a checkpoint's image encoder is, the fix), for errors about a file that does not fit."""
     for candidate in families():
         description = candidate.describe_encoder_state(encoder_state)
@@ -60,13 +59,14 @@ def describe_encoder_state(encoder_state: dict) -> Tuple[str, str]:
 @dataclass
 class BuiltEncoder:
     """An encoder as its family builds and loads it, with the file it came from (None: random weights)."""
+
     encoder: nn.Module
     input_mapping: InputMapping
-    path: Optional[Path]
+    path: Path | None
     sam_state: dict  # the whole file's state dict (empty without a file): heads and prompting load their parts
 
 
-def build_encoder(encoder_type: str, input_size: int, checkpoint: Optional[str], frozen: bool) -> BuiltEncoder:
+def build_encoder(encoder_type: str, input_size: int, checkpoint: str | None, frozen: bool) -> BuiltEncoder:
     """Build an encoder, load its weights file where the type has one, and (``frozen``) switch it to its
     inference form: the one way the network and zero-shot prompting get an encoder."""
     found = family(encoder_type)

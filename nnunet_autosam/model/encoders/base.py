@@ -9,9 +9,9 @@ AutoSAM head start from those).
 
 import hashlib
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ class EncoderFamily:
     """The interface a family module implements; its instance is named ``FAMILY`` in that module."""
 
     name: str = ""
-    types: Tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
 
     def check_input_size(self, encoder_type: str, input_size: int) -> None:
         """Raise InputError (one line, with the fix) for an input size the family cannot run."""
@@ -40,11 +40,11 @@ class EncoderFamily:
     def input_mapping(self, encoder_type: str, input_size: int) -> "InputMapping":
         raise NotImplementedError
 
-    def resolve_checkpoint(self, encoder_type: str, checkpoint: Optional[str]) -> Optional[Path]:
+    def resolve_checkpoint(self, encoder_type: str, checkpoint: str | None) -> Path | None:
         """The weights file to load (``checkpoint`` names one), or None where the type has no file (random)."""
         raise NotImplementedError
 
-    def describe_encoder_state(self, encoder_state: dict) -> Optional[Tuple[str, str]]:
+    def describe_encoder_state(self, encoder_state: dict) -> tuple[str, str] | None:
         """(what it is, the fix) when ``encoder_state`` (image_encoder.* keys, prefix removed) is of this family.
 
         E.g. ("a vit_b / medsam_vit_b encoder (width 768, 12 blocks)", "use --encoder vit_b"); None otherwise.
@@ -66,11 +66,11 @@ class EncoderFamily:
         """
         return encoder
 
-    def build_prompt_modules(self, encoder_type: str, input_size: int) -> Tuple[nn.Module, nn.Module]:
+    def build_prompt_modules(self, encoder_type: str, input_size: int) -> tuple[nn.Module, nn.Module]:
         """The family's (PromptEncoder, MaskDecoder) for ``input_size``, seeded; the same key layout as its files."""
         raise NotImplementedError
 
-    def weights_status(self) -> Sequence[Tuple[bool, str]]:
+    def weights_status(self) -> Sequence[tuple[bool, str]]:
         """For ``doctor``: (ready, one line) about where this family's weights are."""
         raise NotImplementedError
 
@@ -81,7 +81,7 @@ class InputMapping(nn.Module):
     name: str = ""
 
 
-def weights_folder() -> Optional[Path]:
+def weights_folder() -> Path | None:
     folder = os.environ.get(WEIGHTS_ENV)
     return Path(folder).expanduser() if folder else None
 
@@ -111,19 +111,23 @@ def load_sam_state_dict(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"SAM checkpoint {path} cannot be read ({reason[:120]}): the file is truncated or "
-                         f"not a PyTorch checkpoint; download it again") from None
+        raise InputError(
+            f"SAM checkpoint {path} cannot be read ({reason[:120]}): the file is truncated or "
+            f"not a PyTorch checkpoint; download it again"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not any(k.startswith("image_encoder.") for k in state):
-        raise InputError(f"SAM checkpoint {path} holds no image_encoder.* weights: it is not a SAM checkpoint; "
-                         f"use an official SAM, MedSAM or LiteMedSAM file")
+        raise InputError(
+            f"SAM checkpoint {path} holds no image_encoder.* weights: it is not a SAM checkpoint; "
+            f"use an official SAM, MedSAM or LiteMedSAM file"
+        )
     return state
 
 
 def state_part(sam_state: dict, prefix: str) -> dict:
     """The entries of ``sam_state`` under ``prefix``, with the prefix removed."""
-    return {key[len(prefix):]: value for key, value in sam_state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in sam_state.items() if key.startswith(prefix)}
 
 
 def named_checkpoint(checkpoint: str) -> Path:
@@ -132,8 +136,10 @@ def named_checkpoint(checkpoint: str) -> Path:
     if not path.is_absolute():
         folder = weights_folder()
         if folder is None:
-            raise InputError(f"{WEIGHTS_ENV} is not set: export {WEIGHTS_ENV}=/folder/holding/{checkpoint}, "
-                             f"or name an absolute file in the plans")
+            raise InputError(
+                f"{WEIGHTS_ENV} is not set: export {WEIGHTS_ENV}=/folder/holding/{checkpoint}, "
+                f"or name an absolute file in the plans"
+            )
         path = folder / path
     if not path.is_file():
         raise InputError(f"SAM checkpoint {path} not found: name an existing file (nnunet-autosam plans --checkpoint)")
@@ -145,8 +151,12 @@ def load_strictly(module: nn.Module, state: dict, path: Path, what: str) -> None
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shapes that differ
-        raise InputError(f"SAM checkpoint {path} does not fit {what} ({str(error).splitlines()[-1].strip()[:120]}): "
-                         f"use an official file") from None
+        raise InputError(
+            f"SAM checkpoint {path} does not fit {what} ({str(error).splitlines()[-1].strip()[:120]}): "
+            f"use an official file"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
-        raise InputError(f"SAM checkpoint {path} does not fit {what} (missing {result.missing_keys[:3]}, "
-                         f"unexpected {result.unexpected_keys[:3]}): use an official file")
+        raise InputError(
+            f"SAM checkpoint {path} does not fit {what} (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}): use an official file"
+        )

@@ -43,8 +43,9 @@ from segment_anything.modeling.image_encoder import (
 from torch import nn
 
 
-def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                            size: tuple) -> torch.Tensor:
+def decomposed_rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple
+) -> torch.Tensor:
     """SAM's decomposed relative position term as an additive attention bias.
 
     q: (B, heads, H*W, head_dim), unscaled; returns (B, heads, H*W, H*W) in q's dtype, equal to what

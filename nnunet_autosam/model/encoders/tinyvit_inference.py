@@ -57,5 +57,6 @@ def inference_form(encoder: nn.Module) -> nn.Module:
 
 
 def uses_inference_form(encoder: nn.Module) -> bool:
-    return not any(isinstance(m, Conv2d_BN) for m in encoder.modules()) and \
-        any(isinstance(m, SDPAAttention) for m in encoder.modules())
+    return not any(isinstance(m, Conv2d_BN) for m in encoder.modules()) and any(
+        isinstance(m, SDPAAttention) for m in encoder.modules()
+    )

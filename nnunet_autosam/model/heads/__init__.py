@@ -39,8 +39,10 @@ def register_head(name: str, spec: HeadSpec) -> HeadSpec:
 
 def head_spec(name: str) -> HeadSpec:
     if name not in HEADS:
-        raise InputError(f"unknown head {name!r}: use one of {', '.join(HEADS)}, or register yours with "
-                         f"nnunet_autosam.model.heads.register_head")
+        raise InputError(
+            f"unknown head {name!r}: use one of {', '.join(HEADS)}, or register yours with "
+            f"nnunet_autosam.model.heads.register_head"
+        )
     return HEADS[name]
 
 

@@ -40,8 +40,11 @@ def token_dtype(embedding: torch.Tensor) -> torch.dtype:
     bf16; those copies cost about as much as the products save. With the token streams in bf16 from the
     start, the transformer stays in bf16 throughout (layer norms keep their input's dtype).
     """
-    if embedding.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+    if (
+        embedding.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    ):
         return torch.bfloat16
     return embedding.dtype
 

@@ -16,16 +16,22 @@ from nnunet_autosam.model.heads.base import SegmentationHead
 
 
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-                         nn.GroupNorm(32, out_channels), nn.GELU())
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        nn.GroupNorm(32, out_channels),
+        nn.GELU(),
+    )
 
 
 def upsampling_stage(in_channels: int) -> nn.Sequential:
     """Halve the channels (3x3 convolution), then double the resolution (2x2 transposed convolution)."""
     out_channels = in_channels // 2
-    return nn.Sequential(conv_norm_act(in_channels, out_channels, 3),
-                         nn.ConvTranspose2d(out_channels, out_channels, kernel_size=2, stride=2),
-                         nn.GroupNorm(32, out_channels), nn.GELU())
+    return nn.Sequential(
+        conv_norm_act(in_channels, out_channels, 3),
+        nn.ConvTranspose2d(out_channels, out_channels, kernel_size=2, stride=2),
+        nn.GroupNorm(32, out_channels),
+        nn.GELU(),
+    )
 
 
 class CNNHead(SegmentationHead):

@@ -56,9 +56,15 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
 
 
 def _is_plain_2x2_upsampling(module: nn.Module) -> bool:
-    return (type(module) is nn.ConvTranspose2d and module.kernel_size == (2, 2) and module.stride == (2, 2)
-            and module.padding == (0, 0) and module.output_padding == (0, 0) and module.dilation == (1, 1)
-            and module.groups == 1)
+    return (
+        type(module) is nn.ConvTranspose2d
+        and module.kernel_size == (2, 2)
+        and module.stride == (2, 2)
+        and module.padding == (0, 0)
+        and module.output_padding == (0, 0)
+        and module.dilation == (1, 1)
+        and module.groups == 1
+    )
 
 
 FAST_FORMS = {Attention: SDPAAttention, LayerNorm2d: FusedLayerNorm2d}

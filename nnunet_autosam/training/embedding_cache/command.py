@@ -23,8 +23,9 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     base = preprocessed_folder(dataset)
     plans_file = base / f"{plans_name}.json"
     if not plans_file.is_file():
-        raise InputError(f"{plans_file} not found: write it with nnunet-autosam plans {dataset} ... and pass its "
-                         f"identifier with -p")
+        raise InputError(
+            f"{plans_file} not found: write it with nnunet-autosam plans {dataset} ... and pass its identifier with -p"
+        )
     plans_manager = PlansManager(str(plans_file))
     if configuration not in plans_manager.available_configurations:
         raise InputError(f"plans {plans_name} have no configuration {configuration!r}")
@@ -45,11 +46,19 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     network.eval()
     sampler = None
     if mode.kind == "cache_views":
-        sampler = training_view_sampler(nnUNetTrainer, data, configuration_manager,
-                                        label_manager, oversample_foreground_percent=0.33)
-    cache = EmbeddingCache(base, network.identity, configuration_manager.data_identifier,
-                           configuration_manager.patch_size, mode, data, sampler,
-                           precision=embedding_precision(torch.device(device)))
+        sampler = training_view_sampler(
+            nnUNetTrainer, data, configuration_manager, label_manager, oversample_foreground_percent=0.33
+        )
+    cache = EmbeddingCache(
+        base,
+        network.identity,
+        configuration_manager.data_identifier,
+        configuration_manager.patch_size,
+        mode,
+        data,
+        sampler,
+        precision=embedding_precision(torch.device(device)),
+    )
     return cache, network, cases
 
 
@@ -72,23 +81,32 @@ def run(args) -> None:
     mine = shard_cases(cases, index, count)
     report = cache.ensure(mine, network, args.batch_size, desc=f"embedding cache shard {index}/{count}")
     complete = sum(cache.case_problem(case) is None for case in cases)
-    print(f"shard {index}/{count}: {len(report.built)} cases built ({report.samples_built} "
-          f"{'slices' if mode.kind == 'cache' else 'views'}) in {report.seconds:.1f} s, {len(report.reused)} "
-          f"already complete; cache {complete}/{len(cases)} cases complete")
+    print(
+        f"shard {index}/{count}: {len(report.built)} cases built ({report.samples_built} "
+        f"{'slices' if mode.kind == 'cache' else 'views'}) in {report.seconds:.1f} s, {len(report.reused)} "
+        f"already complete; cache {complete}/{len(cases)} cases complete"
+    )
     print(cache.folder)
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "cache", help="precompute the frozen encoder's embeddings for training from the cache",
+        "cache",
+        help="precompute the frozen encoder's embeddings for training from the cache",
         description="Embed every 2D slice of the preprocessed dataset once (float16, memory-mapped, under "
-                    f"DatasetXXX/{CACHE_FOLDER}/). Train from it with {CACHE_ENV}=cache (or cache_views:K). Resumable: "
-                    "complete cases are kept. Shardable: run --shard i/n for i = 0..n-1, at once or in turn.")
+        f"DatasetXXX/{CACHE_FOLDER}/). Train from it with {CACHE_ENV}=cache (or cache_views:K). Resumable: "
+        "complete cases are kept. Shardable: run --shard i/n for i = 0..n-1, at once or in turn.",
+    )
     parser.add_argument("dataset", metavar="DATASET", help="dataset id (27) or name (Dataset027_ACDC)")
     parser.add_argument("-p", "--plans", required=True, help="plans identifier (from nnunet-autosam plans)")
     parser.add_argument("-c", "--configuration", default="2d")
-    parser.add_argument("--mode", nargs="+", default=["cache"], metavar="MODE",
-                        help="cache (one embedding per slice, default) or cache_views K (K augmented views)")
+    parser.add_argument(
+        "--mode",
+        nargs="+",
+        default=["cache"],
+        metavar="MODE",
+        help="cache (one embedding per slice, default) or cache_views K (K augmented views)",
+    )
     parser.add_argument("--shard", default="0/1", help="i/n: build only cases i, i+n, i+2n, ... (default 0/1: all)")
     parser.add_argument("--fold", type=int, help="only the training cases of this fold (splits_final.json)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda where available)")

@@ -36,5 +36,8 @@ class CachedBatches:
             embeddings.append(embedding)
             labels.append(label)
             keys.append(self.samples.cases[case_index])
-        return {"embedding": torch.from_numpy(np.stack(embeddings).astype(np.float32)),
-                "target": torch.from_numpy(np.stack(labels).astype(np.int16))[:, None], "keys": keys}
+        return {
+            "embedding": torch.from_numpy(np.stack(embeddings).astype(np.float32)),
+            "target": torch.from_numpy(np.stack(labels).astype(np.int16))[:, None],
+            "keys": keys,
+        }

@@ -8,9 +8,9 @@ import json
 import shutil
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ def cache_key_fields(identity: dict, data_identifier: str, patch_size, mode: Cac
     }
     if mode.kind == "cache_views":
         from importlib.metadata import version
+
         fields["augmentation"] = f"nnunetv2 {version('nnunetv2')} training transforms, seeded per case/slice/view"
     return fields
 
@@ -50,7 +51,7 @@ def cache_key(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _npy_ok(path: Path, size: int, shape: tuple, dtype) -> Optional[str]:
+def _npy_ok(path: Path, size: int, shape: tuple, dtype) -> str | None:
     """None if ``path`` is a complete .npy of this shape and dtype, else why not."""
     if not path.is_file():
         return f"{path.name} is missing"
@@ -78,8 +79,18 @@ class BuildReport:
 class EmbeddingCache:
     """One cache folder (one key) for one preprocessed dataset configuration."""
 
-    def __init__(self, preprocessed_base, identity: dict, data_identifier: str, patch_size, mode: CacheMode,
-                 dataset, view_sampler: Optional[ViewSampler] = None, *, precision: str):
+    def __init__(
+        self,
+        preprocessed_base,
+        identity: dict,
+        data_identifier: str,
+        patch_size,
+        mode: CacheMode,
+        dataset,
+        view_sampler: ViewSampler | None = None,
+        *,
+        precision: str,
+    ):
         if not mode.enabled:
             raise ValueError("EmbeddingCache needs a cache mode")
         if mode.kind == "cache_views" and view_sampler is None:
@@ -88,11 +99,14 @@ class EmbeddingCache:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.fields = cache_key_fields(identity, data_identifier, patch_size, mode, precision)
         self.key = cache_key(self.fields)
-        name = f"{mode.kind}{mode.views if mode.kind == 'cache_views' else ''}_{identity['encoder_type']}_" \
-               f"{int(identity['input_size'])}_{self.key[:16]}"
+        name = (
+            f"{mode.kind}{mode.views if mode.kind == 'cache_views' else ''}_{identity['encoder_type']}_"
+            f"{int(identity['input_size'])}_{self.key[:16]}"
+        )
         self.folder = Path(preprocessed_base) / CACHE_FOLDER / name
-        self.grid = encoders.family(identity["encoder_type"]).embedding_grid(identity["encoder_type"],
-                                                                             int(identity["input_size"]))
+        self.grid = encoders.family(identity["encoder_type"]).embedding_grid(
+            identity["encoder_type"], int(identity["input_size"])
+        )
         self.embedding_dim = int(identity["embedding_dim"])
         self.dataset = dataset
         self.view_sampler = view_sampler
@@ -104,8 +118,11 @@ class EmbeddingCache:
 
     def _source_signature(self, case: str) -> dict:
         source = Path(self.dataset.source_folder)
-        files = {suffix: (source / f"{case}{suffix}").stat().st_size
-                 for suffix in SOURCE_SUFFIXES if (source / f"{case}{suffix}").is_file()}
+        files = {
+            suffix: (source / f"{case}{suffix}").stat().st_size
+            for suffix in SOURCE_SUFFIXES
+            if (source / f"{case}{suffix}").is_file()
+        }
         data, _, _, _ = self.dataset.load_case(case)
         return {"shape": [int(s) for s in data.shape], "file_bytes": files}
 
@@ -124,7 +141,7 @@ class EmbeddingCache:
             shutil.rmtree(self.folder / "cases", ignore_errors=True)
         write_json(self.fields, manifest)
 
-    def case_problem(self, case: str, signature: Optional[dict] = None) -> Optional[str]:
+    def case_problem(self, case: str, signature: dict | None = None) -> str | None:
         """None if the case's cache is complete and current, else why it must be (re)built."""
         folder = self.case_folder(case)
         marker = folder / "case.json"
@@ -143,8 +160,10 @@ class EmbeddingCache:
         if info.get("slices") != slices or info.get("views") != self.mode.views or samples != slices * self.mode.views:
             return "slice or view counts differ"
         embedding_shape, label_shape = self._shapes(samples)
-        for name, shape, dtype in (("embeddings.npy", embedding_shape, EMBEDDING_DTYPE),
-                                   ("labels.npy", label_shape, LABEL_DTYPE)):
+        for name, shape, dtype in (
+            ("embeddings.npy", embedding_shape, EMBEDDING_DTYPE),
+            ("labels.npy", label_shape, LABEL_DTYPE),
+        ):
             problem = _npy_ok(folder / name, recorded_bytes.get(name, -1), shape, dtype)
             if problem:
                 return problem
@@ -162,8 +181,9 @@ class EmbeddingCache:
         if self.mode.kind == "cache":
             patch, label = centre_patch(data, seg, z, self.patch_size)
             return patch[None], label[None]
-        return self.view_sampler.views(data, seg, properties["class_locations"], z, self.mode.views,
-                                       self.view_seed(case, z))
+        return self.view_sampler.views(
+            data, seg, properties["class_locations"], z, self.mode.views, self.view_seed(case, z)
+        )
 
     def build_case(self, case: str, network, batch_size: int = 8, progress=None) -> int:
         """Embed every slice (and view) of ``case`` and write its folder atomically; returns the sample count."""
@@ -185,14 +205,14 @@ class EmbeddingCache:
             pending, start = [], 0
             for z in range(slices):
                 patch, label = self._patches(case, data, seg, properties, z)
-                labels[z * views:(z + 1) * views] = label
+                labels[z * views : (z + 1) * views] = label
                 pending.extend(patch)
                 while len(pending) >= batch_size or (z == slices - 1 and pending):
                     chunk = np.stack(pending[:batch_size])
                     pending = pending[batch_size:]
                     with torch.no_grad():
                         embedded = network.encode(torch.from_numpy(chunk).to(device))
-                    embeddings[start:start + len(chunk)] = embedded.float().cpu().numpy().astype(EMBEDDING_DTYPE)
+                    embeddings[start : start + len(chunk)] = embedded.float().cpu().numpy().astype(EMBEDDING_DTYPE)
                     start += len(chunk)
                     if progress is not None:
                         progress.update(len(chunk))
@@ -200,14 +220,21 @@ class EmbeddingCache:
             embeddings.flush()
             labels.flush()
             del embeddings, labels
-            info = {"case": case, "slices": slices, "views": views, "samples": samples, "source": signature,
-                    "foreground": foreground,
-                    "bytes": {name: (tmp / name).stat().st_size for name in ("embeddings.npy", "labels.npy")}}
+            info = {
+                "case": case,
+                "slices": slices,
+                "views": views,
+                "samples": samples,
+                "source": signature,
+                "foreground": foreground,
+                "bytes": {name: (tmp / name).stat().st_size for name in ("embeddings.npy", "labels.npy")},
+            }
             (tmp / "case.json").write_text(json.dumps(info, indent=1) + "\n")
         return samples
 
-    def ensure(self, cases: Sequence[str], network, batch_size: int = 8, log: Callable = print,
-               desc: str = "embedding cache") -> BuildReport:
+    def ensure(
+        self, cases: Sequence[str], network, batch_size: int = 8, log: Callable = print, desc: str = "embedding cache"
+    ) -> BuildReport:
         """Build every case of ``cases`` that is not complete and current; reuse the others."""
         from tqdm import tqdm
 
@@ -227,8 +254,12 @@ class EmbeddingCache:
             sizes[case] = signature["shape"][1] * self.mode.views
         built = 0
         if todo:
-            with tqdm(total=sum(sizes.values()), desc=desc, unit="slice" if self.mode.kind == "cache" else "view",
-                      dynamic_ncols=True) as progress:
+            with tqdm(
+                total=sum(sizes.values()),
+                desc=desc,
+                unit="slice" if self.mode.kind == "cache" else "view",
+                dynamic_ncols=True,
+            ) as progress:
                 for case in todo:
                     built += self.build_case(case, network, batch_size, progress)
         return BuildReport(todo, reused, rebuilt, built, time.perf_counter() - started)
@@ -239,13 +270,19 @@ class EmbeddingCache:
         for case in cases:
             problem = self.case_problem(case)
             if problem is not None:
-                raise InputError(f"embedding cache {self.folder} case {case}: {problem}; rebuild it with "
-                                 f"nnunet-autosam cache (or let training build it)")
+                raise InputError(
+                    f"embedding cache {self.folder} case {case}: {problem}; rebuild it with "
+                    f"nnunet-autosam cache (or let training build it)"
+                )
             folder = self.case_folder(case)
             info = json.loads((folder / "case.json").read_text())
-            arrays.append((np.load(folder / "embeddings.npy", mmap_mode="r"),
-                           np.load(folder / "labels.npy", mmap_mode="r"),
-                           np.flatnonzero(np.asarray(info["foreground"], dtype=bool))))
+            arrays.append(
+                (
+                    np.load(folder / "embeddings.npy", mmap_mode="r"),
+                    np.load(folder / "labels.npy", mmap_mode="r"),
+                    np.flatnonzero(np.asarray(info["foreground"], dtype=bool)),
+                )
+            )
         return CachedSamples(list(cases), arrays)
 
 
@@ -264,8 +301,9 @@ class CachedSamples:
         return np.asarray(embeddings[row]), np.asarray(labels[row])
 
 
-
 def check_label_based(label_manager) -> None:
     if label_manager.has_regions:
-        raise InputError(f"this dataset trains on regions; the embedding cache stores plain labels: "
-                         f"train on the fly ({CACHE_ENV}=off)")
+        raise InputError(
+            f"this dataset trains on regions; the embedding cache stores plain labels: "
+            f"train on the fly ({CACHE_ENV}=off)"
+        )

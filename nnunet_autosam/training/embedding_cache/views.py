@@ -3,8 +3,8 @@
 See the package docstring for the modes.
 """
 
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 
@@ -17,8 +17,9 @@ LABEL_DTYPE = np.uint8
 def _labels_to_uint8(label: np.ndarray) -> np.ndarray:
     label = np.where(label < 0, 0, label)  # nnU-Net's padding/outside label -1 -> background (RemoveLabelTansform)
     if label.size and (label.max() > np.iinfo(LABEL_DTYPE).max):
-        raise InputError(f"label value {int(label.max())} does not fit the cache's uint8 labels: train on the fly "
-                         f"({CACHE_ENV}=off)")
+        raise InputError(
+            f"label value {int(label.max())} does not fit the cache's uint8 labels: train on the fly ({CACHE_ENV}=off)"
+        )
     return label.astype(LABEL_DTYPE)
 
 
@@ -43,15 +44,22 @@ def centre_patch(data, seg, z: int, patch_size: Sequence[int]):
 class ViewSampler:
     """K augmented views of a slice, made by nnU-Net's own crop sampling and training transforms."""
 
-    def __init__(self, dataset, label_manager, transforms, initial_patch_size, patch_size,
-                 oversample_foreground_percent: float):
+    def __init__(
+        self, dataset, label_manager, transforms, initial_patch_size, patch_size, oversample_foreground_percent: float
+    ):
         from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
         self.transforms = transforms
         self.oversample = oversample_foreground_percent
         # Only its get_bbox is used: nnU-Net's crop placement (random, or around a foreground voxel).
-        self.loader = nnUNetDataLoader(dataset, 1, list(initial_patch_size), list(patch_size), label_manager,
-                                       oversample_foreground_percent=oversample_foreground_percent)
+        self.loader = nnUNetDataLoader(
+            dataset,
+            1,
+            list(initial_patch_size),
+            list(patch_size),
+            label_manager,
+            oversample_foreground_percent=oversample_foreground_percent,
+        )
 
     def views(self, data, seg, class_locations: dict, z: int, count: int, seed: int):
         import torch
@@ -91,8 +99,9 @@ def _slice_locations(locations: np.ndarray, z: int) -> np.ndarray:
     return inside
 
 
-def training_view_sampler(trainer_class, dataset, configuration_manager, label_manager,
-                          oversample_foreground_percent: float) -> ViewSampler:
+def training_view_sampler(
+    trainer_class, dataset, configuration_manager, label_manager, oversample_foreground_percent: float
+) -> ViewSampler:
     """The sampler for ``cache_views``, from nnU-Net's own augmentation settings and the trainer's transforms.
 
     The settings hook runs on a stand-in holding only what it reads: the cache command has no trainer
@@ -100,14 +109,25 @@ def training_view_sampler(trainer_class, dataset, configuration_manager, label_m
     """
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    stand_in = SimpleNamespace(configuration_manager=configuration_manager,
-                               print_to_log_file=lambda *args, **kwargs: None)
-    rotation, dummy_2d, initial_patch_size, mirror_axes = \
+    stand_in = SimpleNamespace(
+        configuration_manager=configuration_manager, print_to_log_file=lambda *args, **kwargs: None
+    )
+    rotation, dummy_2d, initial_patch_size, mirror_axes = (
         nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size(stand_in)
+    )
     patch_size = configuration_manager.patch_size
     transforms = trainer_class.get_training_transforms(
-        patch_size, rotation, None, mirror_axes, dummy_2d,
-        use_mask_for_norm=configuration_manager.use_mask_for_norm, is_cascaded=False,
-        foreground_labels=label_manager.foreground_labels, regions=None, ignore_label=label_manager.ignore_label)
-    return ViewSampler(dataset, label_manager, transforms, initial_patch_size, patch_size,
-                       oversample_foreground_percent)
+        patch_size,
+        rotation,
+        None,
+        mirror_axes,
+        dummy_2d,
+        use_mask_for_norm=configuration_manager.use_mask_for_norm,
+        is_cascaded=False,
+        foreground_labels=label_manager.foreground_labels,
+        regions=None,
+        ignore_label=label_manager.ignore_label,
+    )
+    return ViewSampler(
+        dataset, label_manager, transforms, initial_patch_size, patch_size, oversample_foreground_percent
+    )
