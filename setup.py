@@ -36,6 +36,7 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
+    # test: the suite and the checks .ci/run makes (lint, format, types); pre-commit runs the same on each commit
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.14", "mypy>=1.10", "pre-commit>=3"]},
     entry_points={"console_scripts": ["nnunet-autosam=nnunet_autosam.cli:main"]},
 )

@@ -49,8 +49,9 @@ from tqdm import tqdm
 
 from nnunet_autosam.data.conversion import default_acdc_folder
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
+from nnunet_autosam.model.heads import HEADS
 from nnunet_autosam.utilities.atomic import atomic_path, write_json, write_text
-from nnunet_autosam.utilities.commands import DATASET_ID, STOCK_PLANS, Workspace
+from nnunet_autosam.utilities.commands import DATASET_ID, FULL_FT_TRAINER, STOCK_PLANS, Workspace
 from nnunet_autosam.utilities.shards import parse_shard
 
 DATASET = "Dataset027_ACDC"
@@ -70,10 +71,10 @@ class Method:
 # its fold-3 run, which had the CPU to itself).
 METHODS = {
     "nnunet": Method("nnUNetTrainerEnvSchedule", False, 1.7, 230),
-    "autosam": Method("AutoSAMTrainer", True, 0.65, 75),
-    "linear": Method("SAMLinearTrainer", True, 0.45, 50),
-    "cnn": Method("SAMCNNTrainer", True, 10.5, 1200),
-    "ftall": Method("AutoSAMFullFTTrainer", True, 14.0, 1700),
+    "autosam": Method(HEADS["autosam"].trainer, True, 0.65, 75),
+    "linear": Method(HEADS["linear"].trainer, True, 0.45, 50),
+    "cnn": Method(HEADS["cnn"].trainer, True, 10.5, 1200),
+    "ftall": Method(FULL_FT_TRAINER, True, 14.0, 1700),
     "simclr": Method("nnUNetTrainerSimCLRFinetune", False, 1.7, 230),
 }
 DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", "zero_shot")

@@ -80,7 +80,7 @@ def read_info_cfg(path: Path, subset: str) -> dict:
     """Parse an ACDC Info.cfg (``key: value`` lines) into typed values; ED and ES must be there."""
     if not path.is_file():
         raise InputError(f"{path.parent.name} has no Info.cfg: the ACDC folder is incomplete; download it again")
-    info = {}
+    info: dict[str, str | int | float] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         key, sep, value = line.partition(":")
         if sep:
@@ -177,6 +177,7 @@ def check_case(case: Case) -> None:
         ) from None
     if label is None:
         return
+    assert case.label is not None  # label was read from it
     unexpected = unexpected_label_values(label, LABELS.values())
     if unexpected:
         raise InputError(

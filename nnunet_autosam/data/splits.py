@@ -62,7 +62,7 @@ def dataset_patients(dataset_name: str) -> dict[str, tuple[str | None, list[str]
 
 def by_group(patients: dict, exclude=()) -> dict:
     """Group -> sorted patient ids, leaving out ``exclude``."""
-    groups = {}
+    groups: dict[str | None, list[str]] = {}
     for patient_id, (group, _) in sorted(patients.items()):
         if patient_id not in exclude:
             groups.setdefault(group, []).append(patient_id)
@@ -117,7 +117,7 @@ def make_few_label_splits(dataset, budgets, seeds: int, val_patients: int = 20) 
     validation = stratified_draw(by_group(patients), val_count, np.random.default_rng(VALIDATION_SEED))
     training_pool = by_group(patients, exclude=set(validation))
     val_cases = cases_of(patients, validation)
-    folds = []
+    folds: list[dict] = []
     for budget in budgets:
         for seed in range(seeds):
             train = stratified_draw(training_pool, budget, np.random.default_rng([seed, budget]))

@@ -144,7 +144,7 @@ def verify_dataset(folder: Path) -> tuple[list, int]:
         )
     file_ending = dataset_json.get("file_ending", ".nii.gz")
     num_channels = len(dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": None})
-    problems = []
+    problems: list[str] = []
     cases = {subset: subset_cases(folder, subset, num_channels, file_ending, problems) for subset in SUBSETS}
     if not cases["Tr"]:
         problems.append(f"{folder / 'imagesTr'} holds no *_0000{file_ending} images: nnU-Net trains on them")

@@ -1,6 +1,10 @@
 """What a results folder is called in tables and plots: the method's name, and the order of the rows."""
 
-from nnunet_autosam.model.heads import HEADS
+import functools
+import io
+from contextlib import redirect_stdout
+
+from nnunet_autosam.model.heads import HEADS, HeadSpec
 from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, SIMCLR_TRAINER
 
 # Row names and order: nnU-Net's rows, then every registered head's trainer, then AutoSAM with its encoder trained.
@@ -21,7 +25,7 @@ def method_display_name(folder_name: str) -> str:
     if folder_name.startswith(ZERO_SHOT_PREFIX):
         return f"zero-shot SAM, oracle box prompts [{folder_name[len(ZERO_SHOT_PREFIX) :]}]"
     trainer, plans, configuration = folder_name.split("__")
-    name = METHOD_NAMES.get(trainer, trainer)
+    name = METHOD_NAMES.get(trainer) or str(getattr(_head_of_outside_trainer(trainer), "display_name", trainer))
     if plans != DEFAULT_PLANS:
         name += f" [{plans}]"
     if configuration != DEFAULT_CONFIGURATION:
@@ -34,3 +38,20 @@ def method_sort_key(folder_name: str):
     trainer = folder_name.split("__")[0]
     known = list(METHOD_NAMES)
     return (known.index(trainer) if trainer in known else len(known), folder_name)
+
+
+@functools.cache
+def _head_of_outside_trainer(trainer: str) -> HeadSpec | None:
+    """The registered head of a trainer from outside this package (a user's, in their nnUNet_extTrainer folder).
+
+    Such a trainer's module registers its head when imported, so the trainer is looked up as nnU-Net looks
+    it up (which imports it); None where it cannot be found or names no registered head.
+    """
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        with redirect_stdout(io.StringIO()):  # the lookup prints every folder it searches
+            trainer_class = recursive_find_trainer_class_by_name(trainer)
+    except (RuntimeError, ImportError, AssertionError):
+        return None
+    return HEADS.get(getattr(trainer_class, "head", None))

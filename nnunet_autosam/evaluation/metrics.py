@@ -58,7 +58,7 @@ def labels_from_dataset_json(dataset_json: dict):
 
 def labels_found_in(reference_files) -> list:
     """The union of foreground values in the references, for folders without a dataset.json."""
-    found = set()
+    found: set[int] = set()
     for file in reference_files:
         segmentation, _ = SimpleITKIO().read_seg(str(file))
         found.update(int(value) for value in np.unique(segmentation))

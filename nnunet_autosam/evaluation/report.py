@@ -120,7 +120,7 @@ class EvaluationSource:
 
     results_dir: Path
     gt_dir: Path
-    test_pred_root: Path = None
+    test_pred_root: Path | None = None
 
     def pred_dir(self, method: str, fold: int) -> Path:
         if self.test_pred_root is None:

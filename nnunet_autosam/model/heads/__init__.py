@@ -28,13 +28,21 @@ HEADS: dict = {}
 
 
 def register_head(name: str, spec: HeadSpec) -> HeadSpec:
-    """Add a head under ``name``; a second head under a name already taken is refused."""
-    if not issubclass(spec.head_class, SegmentationHead):
-        raise TypeError(f"head {name!r}: {spec.head_class.__name__} is not a SegmentationHead subclass")
-    if name in HEADS and HEADS[name] != spec:
-        raise ValueError(f"head name {name!r} is taken by {HEADS[name].head_class.__name__}")
+    """Add a head under ``name``; another head class under a name already taken is refused.
+
+    The same class registered again (nnU-Net's trainer lookup imports an nnUNet_extTrainer module afresh
+    at each search) replaces the earlier entry.
+    """
+    if not (isinstance(spec.head_class, type) and issubclass(spec.head_class, SegmentationHead)):
+        raise TypeError(f"head {name!r}: {spec.head_class!r} is not a SegmentationHead subclass")
+    if name in HEADS and _qualified_name(HEADS[name].head_class) != _qualified_name(spec.head_class):
+        raise ValueError(f"head name {name!r} is taken by {_qualified_name(HEADS[name].head_class)}")
     HEADS[name] = spec
     return spec
+
+
+def _qualified_name(head_class: type) -> str:
+    return f"{head_class.__module__}.{head_class.__qualname__}"
 
 
 def head_spec(name: str) -> HeadSpec:

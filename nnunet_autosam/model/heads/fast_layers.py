@@ -17,6 +17,8 @@ only how the same function is computed:
 Equivalence (fp32, logits and gradients) is checked by tests/test_fast_head.py.
 """
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
@@ -67,10 +69,12 @@ def _is_plain_2x2_upsampling(module: nn.Module) -> bool:
     )
 
 
-FAST_FORMS = {Attention: SDPAAttention, LayerNorm2d: FusedLayerNorm2d}
+FAST_FORMS: dict[type, type[nn.Module]] = {Attention: SDPAAttention, LayerNorm2d: FusedLayerNorm2d}
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def use_fast_layers(module: nn.Module) -> nn.Module:
+def use_fast_layers(module: ModuleT) -> ModuleT:
     """Switch every layer of ``module`` that has a fast form above to it (in place); returns ``module``."""
     for child in module.modules():
         fast = MatmulConvTranspose2d if _is_plain_2x2_upsampling(child) else FAST_FORMS.get(type(child))

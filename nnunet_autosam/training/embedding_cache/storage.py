@@ -181,6 +181,7 @@ class EmbeddingCache:
         if self.mode.kind == "cache":
             patch, label = centre_patch(data, seg, z, self.patch_size)
             return patch[None], label[None]
+        assert self.view_sampler is not None  # __init__ requires one for cache_views
         return self.view_sampler.views(
             data, seg, properties["class_locations"], z, self.mode.views, self.view_seed(case, z)
         )
