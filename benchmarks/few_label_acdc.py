@@ -81,7 +81,7 @@ DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", "zero_shot")
 ZERO_SHOT = "zero_shot"
 ZERO_SHOT_COST_S = 500.0  # about one encoder pass per test slice
 LONG_RUN_S = 1800.0
-# The bar this experiment was set (issue 12) for AutoSAM at the smallest budget, as mean foreground Dice in %
+# The bar this experiment sets for AutoSAM at the smallest budget, as mean foreground Dice in %
 # averaged over the seeds; the paper's ViT-B AutoSAM has 39.3 with one labelled volume.
 CLAIM_MIN_DICE = 39.0
 

@@ -19,13 +19,21 @@ from nnunet_autosam.experiment_planning.settings import parse_mode
 from nnunet_autosam.model import encoders
 from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.utilities.nnunet_paths import preprocessed_folder
+from nnunet_autosam.utilities.nnunet_paths import preprocessed_folder, source_checkout
 
 
 def load_preset(encoder_type: str) -> dict:
     encoders.family(encoder_type)  # a one-line error for an unknown type
-    text = resources.files("nnunet_autosam.plan_presets").joinpath(f"{encoder_type}.json").read_text()
-    return json.loads(text)
+    return json.loads(presets_folder().joinpath(f"{encoder_type}.json").read_text())
+
+
+def presets_folder():
+    """The repository's plans/ folder: a source checkout's own when the package runs from one (as a copy on
+    PYTHONPATH does, which an editable install does not map), else the installed copy."""
+    checkout = source_checkout()
+    if checkout is not None and (checkout / "plans").is_dir():
+        return checkout / "plans"
+    return resources.files("nnunet_autosam.plan_presets")
 
 
 def make_sam_plans(
