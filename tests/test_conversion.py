@@ -175,6 +175,7 @@ def test_existing_dataset_needs_overwrite(acdc_dir, nnunet_env):
     assert sorted(p.name for p in nnunet_env["nnUNet_raw"].iterdir()) == ["Dataset027_ACDC"]
 
 
+@pytest.mark.slow
 def test_console_script(acdc_dir, nnunet_env):
     command = ["nnunet-autosam", "convert-acdc", str(acdc_dir), "-d", "27", "--patients", "patient001", "patient002"]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=120)

@@ -24,6 +24,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+pytestmark = pytest.mark.slow  # two processes under DistributedDataParallel per case
+
 WORLD_SIZE = 2
 PER_RANK = 2  # samples per process; the single-process reference gets all WORLD_SIZE * PER_RANK
 INPUT = 64  # the smallest input the tiny encoder allows (a multiple of its 16-pixel patch, at least 64)

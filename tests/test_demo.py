@@ -19,6 +19,8 @@ from nnunet_autosam.utilities.commands import (
 )
 from nnunet_autosam.utilities.errors import InputError
 
+pytestmark = pytest.mark.slow  # nnU-Net's CLI in subprocesses
+
 # The random tiny encoder keeps this test to minutes; the default (lite_medsam) runs the same commands,
 # and tests/test_end_to_end.py runs lite_medsam through the stock CLI.
 ENCODER = "tiny"

@@ -93,6 +93,7 @@ def fresh_cache(plans=PLANS, mode="cache"):
     return cache, network, cases
 
 
+@pytest.mark.slow
 def test_cached_embeddings_equal_the_encoder_on_the_same_patch(in_process):
     cache, network, cases = fresh_cache()
     started = time.perf_counter()
@@ -119,6 +120,7 @@ def test_cached_embeddings_equal_the_encoder_on_the_same_patch(in_process):
             assert np.all(np.abs(stored.astype(np.float32) - expected) <= np.abs(expected) * 2**-11 + 1e-5)
 
 
+@pytest.mark.slow
 def test_cache_key_follows_the_encoder_identity(in_process):
     keys = {}
     for plans, mode in (
@@ -145,6 +147,7 @@ def test_cache_key_follows_the_encoder_identity(in_process):
     assert changed.ensure(cases[:1], network_changed).built == cases[:1]
 
 
+@pytest.mark.slow
 def test_truncated_missing_or_stale_parts_are_rebuilt_never_read(in_process):
     cache, network, cases = fresh_cache()
     cache.ensure(cases, network)
@@ -174,6 +177,7 @@ def test_truncated_missing_or_stale_parts_are_rebuilt_never_read(in_process):
     assert cache.ensure(cases, network).built == cases
 
 
+@pytest.mark.slow
 def test_shards_cover_every_case_once_and_a_build_resumes(in_process):
     cases = [f"case{i}" for i in range(7)]
     for count in (1, 2, 3, 7, 9):
@@ -196,6 +200,7 @@ def test_shards_cover_every_case_once_and_a_build_resumes(in_process):
     assert all(cache.case_problem(case) is None for case in all_cases)
 
 
+@pytest.mark.slow
 def test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their_labels(in_process):
     cache, network, cases = fresh_cache(mode="cache_views:2")
     report = cache.ensure(cases[:1], network)
@@ -218,6 +223,7 @@ def test_views_are_nnunet_augmentations_seeded_per_slice_and_stored_beside_their
             assert np.all(np.abs(stored.astype(np.float32) - expected[view]) <= np.abs(expected[view]) * 2**-11 + 1e-5)
 
 
+@pytest.mark.slow
 def test_a_view_moves_image_and_label_together(in_process):
     """An image drawn from its own label: after nnU-Net's spatial and intensity transforms, it still outlines it."""
     cache, _, cases = fresh_cache(mode="cache_views:4")
@@ -252,6 +258,7 @@ TRAINING_LOG_LINE = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lacks(in_process):
     """From an empty cache: `cache --fold 0 --shard 0/2` builds half of fold 0's training cases; training with plans
     made by `plans --embedding-cache cache` (no variable set) reuses them from the same folder (same key), builds
@@ -303,6 +310,7 @@ def test_training_reads_the_cache_the_command_built_and_builds_what_its_fold_lac
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_cache_for_a_trained_encoder_stops_in_one_line(workspace):
     cached = copy.copy(workspace)
     cached.env = dict(workspace.env, **{settings.CACHE_ENV: "cache"})

@@ -25,6 +25,7 @@ def tiny_file(tmp_path):
     return write_sam_checkpoint(tmp_path / "sam_tiny.pth", "tiny")
 
 
+@pytest.mark.slow
 def test_written_vit_b_checkpoint_has_the_official_key_layout():
     official = {k: v.shape for k, v in sam_model_registry["vit_b"]().state_dict().items()}
     ours = {k: v.shape for k, v in random_sam("vit_b").state_dict().items()}
@@ -62,6 +63,7 @@ def test_a_medsam_style_file_wrapped_under_model_loads_the_same_weights(tiny_fil
         assert all(torch.equal(value, expected[key]) for key, value in wrapped_part.state_dict().items())
 
 
+@pytest.mark.slow
 def test_vit_b_checkpoint_loads_at_256_with_interpolated_position_tables(vit_b_file):
     saved = load_sam_state_dict(vit_b_file)
     encoder = build_image_encoder("vit_b", 256)
@@ -81,6 +83,7 @@ def test_vit_b_checkpoint_loads_at_256_with_interpolated_position_tables(vit_b_f
     assert embedding.shape == (1, 256, 16, 16) and torch.isfinite(embedding).all()
 
 
+@pytest.mark.slow
 def test_vit_b_file_for_a_vit_l_encoder_fails_in_one_line(vit_b_file):
     with pytest.raises(InputError) as error:
         build_sam_network(EncoderSettings("vit_l", 256, str(vit_b_file)), "linear", 1, 4)

@@ -30,6 +30,8 @@ from nnunet_autosam.utilities.commands import SAM_TRAINERS, SEQUENTIAL_PREDICTIO
 from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 from nnunet_autosam.utilities.precision import describe
 
+pytestmark = pytest.mark.slow  # nnU-Net's CLI in subprocesses
+
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
 HELD_OUT = "patient081"
 SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}

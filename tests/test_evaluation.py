@@ -225,6 +225,7 @@ def test_missing_predictions_are_listed(tmp_path):
         evaluate_folder(tmp_path / "pred", tmp_path / "gt", labels=[1], num_processes=1)
 
 
+@pytest.mark.slow
 def test_console_script_writes_json_and_csv(three_label_folder):
     folder = three_label_folder
     output = folder / "out" / "summary.json"

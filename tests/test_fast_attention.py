@@ -76,6 +76,7 @@ SHAPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder_type, input_size", SHAPES)
 def test_fast_path_matches_segment_anything_forward(encoder_type, input_size):
     torch.manual_seed(0)
@@ -99,6 +100,7 @@ def _blocks_output_and_gradients(encoder, tokens: torch.Tensor):
     return out.detach(), [x.grad] + [p.grad for p in encoder.parameters() if p.grad is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "encoder_type, input_size, grid",
     [

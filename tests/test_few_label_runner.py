@@ -15,6 +15,8 @@ import pytest
 
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
 
+pytestmark = pytest.mark.slow  # nnU-Net's CLI in subprocesses
+
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "few_label_acdc.py"
 METHODS = ["nnunet", "autosam", "linear", "zero_shot"]  # the others run the same code with another trainer
 SMOKE = [

@@ -97,6 +97,7 @@ def test_convert_acdc_refuses_and_leaves_nothing(acdc_like, nnunet_env, damage):
     assert list(nnunet_env["nnUNet_raw"].iterdir()) == []
 
 
+@pytest.mark.slow
 def test_convert_acdc_command_says_one_line(acdc_like, nnunet_env):
     source, files = acdc_like
     truncate(files["label"])
@@ -138,6 +139,7 @@ def test_evaluate_refuses_damaged_predictions_and_references(prediction_folders,
     assert not (pred_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_command_says_one_line(prediction_folders):
     pred_dir, gt_dir, files = prediction_folders
     truncate(files["image"])
@@ -178,6 +180,7 @@ def test_zero_shot_refuses_damaged_inputs_before_writing(acdc_like, nnunet_env, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_zero_shot_command_says_one_line(acdc_like, nnunet_env, tmp_path):
     source, _ = acdc_like
     raw = convert_acdc(source)

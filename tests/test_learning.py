@@ -20,6 +20,8 @@ from nnunet_autosam.training.embedding_cache.loader import CachedBatches
 from nnunet_autosam.training.embedding_cache.storage import CachedSamples
 from nnunet_autosam.training.trainers import AutoSAMTrainer
 
+pytestmark = pytest.mark.slow  # a head trained for many steps
+
 STEPS = 100
 
 

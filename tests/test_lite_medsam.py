@@ -21,6 +21,8 @@ from nnunet_autosam.model.encoders.lite_medsam import FAMILY, ZScoreToLiteMedSAM
 from nnunet_autosam.model.network import build_sam_network
 from nnunet_autosam.utilities.errors import InputError
 
+pytestmark = pytest.mark.slow  # the real LiteMedSAM encoder
+
 LITE = EncoderSettings("lite_medsam", 256)
 
 

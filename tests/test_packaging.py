@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # installs the package into a fresh virtualenv
+
 REPO = Path(__file__).resolve().parents[1]
 # What setup.py reads; the rest of the checkout (tests, data, a .venv inside it) stays out of the build.
 SOURCE_FILES = ("setup.py", "pyproject.toml", "setup.cfg", "MANIFEST.in", "README.md", "LICENSE")

@@ -87,6 +87,7 @@ def shrink_2d_plans(plans_file):
     plans_file.write_text(json.dumps(plans, indent=1))
 
 
+@pytest.mark.slow
 def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_env, capsys):
     from nnunet_autosam.data.conversion import convert_acdc
 

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from nnunet_autosam.experiment_planning.settings import EncoderSettings
@@ -13,6 +14,7 @@ from nnunet_autosam.model.network import build_sam_network
 LITE = EncoderSettings("lite_medsam", 256)
 
 
+@pytest.mark.slow
 def test_inference_form_matches_the_package_module_on_the_installed_weights():
     reference = FAMILY.build_encoder("lite_medsam", 256)
     path = FAMILY.resolve_checkpoint("lite_medsam", None)

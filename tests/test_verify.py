@@ -32,6 +32,7 @@ def rewrite(path, change) -> None:
     sitk.WriteImage(change(sitk.ReadImage(str(path))), str(path), useCompression=True)
 
 
+@pytest.mark.slow
 def test_an_intact_dataset_passes(raw_dataset):
     problems, num_files = verify_dataset(raw_dataset)
     assert problems == [] and num_files == 16

@@ -286,6 +286,7 @@ def test_a_multi_channel_dataset_is_an_input_error(nnunet_env):
 # --- the command --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_runs_with_the_tiny_encoder(nnunet_env, tmp_path):
     folder = synthetic_raw_dataset(nnunet_env["nnUNet_raw"])
     command = (
