@@ -26,17 +26,21 @@ PATHS = ("encoder", "autosam_step", "linear_step", "cnn_step", "ftall_step", "nn
 
 @contextmanager
 def precision(name: str):
-    from nnunet_autosam.utilities.precision import CPU_BF16_ENV
+    """fp32 everywhere, or bf16 everywhere the project can use it (the frozen encoder included, which by
+    default stays fp32 on the CPU)."""
+    from nnunet_autosam.utilities.precision import CPU_BF16_ENV, FROZEN_ENCODER_BF16_ENV
 
-    previous = os.environ.get(CPU_BF16_ENV)
+    previous = {key: os.environ.get(key) for key in (CPU_BF16_ENV, FROZEN_ENCODER_BF16_ENV)}
     os.environ[CPU_BF16_ENV] = "1" if name == "bf16" else "0"
+    os.environ[FROZEN_ENCODER_BF16_ENV] = "1" if name == "bf16" else "0"
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(CPU_BF16_ENV)
-        else:
-            os.environ[CPU_BF16_ENV] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
 
 
 def _loss():

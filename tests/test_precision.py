@@ -1,9 +1,9 @@
 """CPU bf16 autocast (nnunet_autosam.utilities.precision): where it applies, that 0 is the fp32 path exactly, and that
 fp32 and bf16 embeddings never share a cache folder or a memo entry.
 
-bf16 is forced with AUTOSAM_CPU_BF16=1 so that these tests mean the same on a CPU without bf16 units
-(autocast then runs, only slower). Training and prediction through the stock CLI at the default
-(auto) are in test_end_to_end.py.
+bf16 is forced with AUTOSAM_CPU_BF16=1 (and, for the frozen encoder, AUTOSAM_CPU_BF16_ENCODER=1) so that
+these tests mean the same on a CPU without bf16 units (autocast then runs, only slower). Training and
+prediction through the stock CLI at the default (auto) are in test_end_to_end.py.
 """
 
 import pytest
@@ -50,9 +50,22 @@ def dtypes_of(module: torch.nn.Module, kind) -> list:
 @pytest.mark.parametrize("value, expected", [("0", False), ("off", False), ("1", True), ("on", True)])
 def test_the_variable_forces_cpu_bf16_on_or_off(monkeypatch, value, expected):
     monkeypatch.setenv(precision.CPU_BF16_ENV, value)
+    monkeypatch.delenv(precision.FROZEN_ENCODER_BF16_ENV, raising=False)
     assert precision.cpu_bf16_enabled() is expected
+    assert precision.encoder_dtype(CPU, trained=True) == (torch.bfloat16 if expected else None)
+    assert precision.encoder_dtype(CPU) is None  # a frozen encoder stays fp32 by default
+    assert precision.embedding_precision(CPU) == "fp32"
+    monkeypatch.setenv(precision.FROZEN_ENCODER_BF16_ENV, "1")
     assert precision.encoder_dtype(CPU) == (torch.bfloat16 if expected else None)
     assert precision.embedding_precision(CPU) == ("bf16" if expected else "fp32")
+
+
+def test_a_bad_frozen_encoder_setting_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    monkeypatch.setenv(precision.FROZEN_ENCODER_BF16_ENV, "yes please")
+    with pytest.raises(InputError, match="AUTOSAM_CPU_BF16_ENCODER='yes please' is not a setting: use 0") as error:
+        precision.encoder_dtype(CPU)
+    assert "\n" not in str(error.value)
 
 
 def test_auto_follows_the_cpu_and_a_bad_value_is_refused_in_one_line(monkeypatch):
@@ -83,6 +96,7 @@ def test_off_is_the_fp32_path_exactly(monkeypatch):
 @pytest.mark.parametrize("head", ["autosam", "cnn", "linear"])
 def test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits(monkeypatch, head):
     monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    monkeypatch.setenv(precision.FROZEN_ENCODER_BF16_ENV, "1")
     torch.manual_seed(0)
     network = build_sam_network(TINY, head, 1, 3)
     linears = dtypes_of(network.encoder, torch.nn.Linear)
@@ -103,6 +117,22 @@ def test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits(monkeypatch, h
         bf16_again = network(x)
     assert not torch.equal(fp32, bf16_again)
     assert (fp32 - bf16_again).abs().max() <= 0.1 * fp32.abs().max()  # bf16 rounding, not another function
+
+
+def test_by_default_a_frozen_encoder_stays_fp32_while_the_head_and_a_trained_encoder_run_bf16(monkeypatch):
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    monkeypatch.delenv(precision.FROZEN_ENCODER_BF16_ENV, raising=False)
+    torch.manual_seed(0)
+    frozen = build_sam_network(TINY, "linear", 1, 3)
+    frozen_linears = dtypes_of(frozen.encoder, torch.nn.Linear)
+    head_convolutions = dtypes_of(frozen.head, torch.nn.Conv2d)
+    frozen(torch.randn(2, 1, 64, 48))
+    assert frozen_linears and set(frozen_linears) == {torch.float32}
+    assert head_convolutions and set(head_convolutions) == {torch.bfloat16}
+    trained = build_sam_network(TINY, "linear", 1, 3, train_encoder=True)
+    trained_linears = dtypes_of(trained.encoder, torch.nn.Linear)
+    trained(torch.randn(2, 1, 64, 48))
+    assert trained_linears and set(trained_linears) == {torch.bfloat16}
 
 
 def test_autosam_token_streams_stay_bf16_through_the_transformer(monkeypatch):
@@ -149,6 +179,7 @@ def test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weight
 def test_fp32_and_bf16_embeddings_never_share_a_cache_folder_or_memo_entry(tmp_path, monkeypatch):
     tiny_file = write_sam_checkpoint(tmp_path / "sam_tiny.pth", "tiny")
     monkeypatch.setenv(MEMO_ENV, str(tmp_path / "memo"))
+    monkeypatch.setenv(precision.FROZEN_ENCODER_BF16_ENV, "1")
     network = build_sam_network(EncoderSettings("tiny", 128, str(tiny_file)), "linear", 1, 2).eval()
     keys = {
         name: cache_key(cache_key_fields(network.identity, "nnUNetPlans_2d", (64, 64), CacheMode("cache"), name))

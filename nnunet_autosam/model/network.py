@@ -8,9 +8,10 @@ differs from the one the head was trained on. A trainable encoder, or one with n
 is stored like any other weights.
 
 The encoder's family (nnunet_autosam.model.encoders) builds it, maps the input, and says how big its
-embedding grid is. The encoder runs under bf16 autocast on CUDA and on a CPU with bf16 units (its
-output is cast back to fp32 for the head; see nnunet_autosam/utilities/precision.py), and so does the head on
-such a CPU (its logits come back in fp32). The whole batch goes through the encoder in one call.
+embedding grid is. The encoder runs under bf16 autocast on CUDA, and on a CPU with bf16 units when it is
+trained (a frozen one there stays fp32 unless asked; see nnunet_autosam/utilities/precision.py); its output
+is cast back to fp32 for the head. The head runs under bf16 autocast on such a CPU (its logits come back
+in fp32). The whole batch goes through the encoder in one call.
 With ``AUTOSAM_EMBEDDING_MEMO`` set, a frozen encoder's eval-mode embeddings are remembered on disk
 across predictions (nnunet_autosam.model.embedding_memo).
 """
@@ -79,12 +80,12 @@ class SAMSegmentationNetwork(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Run the encoder under autocast to ``precision.encoder_dtype``: on CUDA bf16 (fp16 where the GPU
-        lacks bf16), overriding nnU-Net's fp16 autocast for the ViT only; on a CPU bf16 where it has bf16
-        units and $AUTOSAM_CPU_BF16 allows, else fp32.
+        lacks bf16), overriding nnU-Net's fp16 autocast for the ViT only; on a CPU with bf16 on, bf16 for an
+        encoder being trained and fp32 for a frozen one (unless $AUTOSAM_CPU_BF16_ENCODER=1).
         """
         with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             mapped = self.input_mapping(x.float())
-            with encoder_autocast(x.device):
+            with encoder_autocast(x.device, trained=self.train_encoder):
                 embedding = self.encoder(mapped)
         return embedding.float()
 

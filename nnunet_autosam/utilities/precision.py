@@ -3,17 +3,23 @@
 nnU-Net autocasts to fp16 on CUDA only; on a CPU everything runs in fp32. Yet recent x86 CPUs
 (AVX512-BF16: AMD since Zen 4, Intel since Cooper Lake; AMX-BF16: Intel since Sapphire Rapids)
 multiply bf16 matrices several times faster than fp32 ones, and PyTorch's CPU autocast reaches those
-units through oneDNN. So on such a CPU the project's paths autocast to bf16 as nnU-Net does to fp16 on
-a GPU: the frozen encoder (training, embedding cache, prediction memo, ``nnUNetv2_predict``), the
-heads whose step bf16 makes faster, AutoSAM with its encoder trained, SimCLR pretraining, and the
-nnU-Net baseline variant (``nnUNetTrainerEnvSchedule``). Stock ``nnUNetTrainer`` is untouched.
+units through oneDNN. So on such a CPU what trains autocasts to bf16, as nnU-Net's training does to
+fp16 on a GPU: each head's step and forward, AutoSAM with its encoder trained, SimCLR pretraining, and
+the nnU-Net baseline variant (``nnUNetTrainerEnvSchedule``). Stock ``nnUNetTrainer`` is untouched.
 
-``AUTOSAM_CPU_BF16``: ``auto`` (default: on where the CPU has bf16 instructions), ``1`` to force it
-on, ``0`` to force it off (the fp32 path, exactly as without this module). It is read at every call,
-so a process may switch it between runs (benchmarks/speed.py does).
+The frozen encoder stays fp32 on the CPU unless asked: its embeddings are computed once and read by
+every head, fold and prediction (cache, memo, validation, ``nnUNetv2_predict``, zero-shot), and in
+the parity runs on ACDC (docs/cpu_precision.md) AutoSAM trained on bf16 embeddings scored lower on
+average than on fp32 ones, by less than the runs' own spread.
 
-The precision an embedding was computed in (``embedding_precision``) is part of the embedding
-cache's and the prediction memo's keys, so fp32 and bf16 embeddings never mix.
+- ``AUTOSAM_CPU_BF16``: ``auto`` (default: on where the CPU has bf16 instructions), ``1`` to force it
+  on, ``0`` to force it off (the fp32 path, exactly as without this module).
+- ``AUTOSAM_CPU_BF16_ENCODER``: ``1`` runs the frozen encoder in bf16 too where CPU bf16 is on (about
+  twice as fast here); ``0`` (default) keeps it in fp32.
+
+Both are read at every call, so a process may switch them between runs (benchmarks/speed.py does).
+The precision an embedding was computed in (``embedding_precision``) is part of the embedding cache's
+and the prediction memo's keys, so fp32 and bf16 embeddings never mix.
 """
 
 import functools
@@ -25,6 +31,7 @@ import torch
 from nnunet_autosam.utilities.errors import InputError
 
 CPU_BF16_ENV = "AUTOSAM_CPU_BF16"
+FROZEN_ENCODER_BF16_ENV = "AUTOSAM_CPU_BF16_ENCODER"
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,25 +60,39 @@ def cpu_bf16_enabled() -> bool:
     )
 
 
-def encoder_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype a SAM-family encoder runs in under autocast: bf16 on CUDA (fp16 where bf16 is missing),
-    bf16 on a CPU with bf16 units (see module docstring), None (fp32) otherwise."""
+def frozen_encoder_bf16() -> bool:
+    """$AUTOSAM_CPU_BF16_ENCODER (0 or 1): whether a frozen encoder joins CPU bf16 where that is on."""
+    value = os.environ.get(FROZEN_ENCODER_BF16_ENV, "0").strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("", "0", "off", "false", "no"):
+        return False
+    raise InputError(
+        f"{FROZEN_ENCODER_BF16_ENV}={os.environ[FROZEN_ENCODER_BF16_ENV]!r} is not a setting: use 0 (the frozen "
+        f"encoder in fp32 on the CPU) or 1 (in bf16 where {CPU_BF16_ENV} is on)"
+    )
+
+
+def encoder_dtype(device: torch.device, trained: bool = False) -> torch.dtype | None:
+    """The dtype a SAM-family encoder runs in under autocast: bf16 on CUDA (fp16 where bf16 is missing); on a
+    CPU with CPU bf16 on, bf16 for an encoder being ``trained`` and for a frozen one only with
+    $AUTOSAM_CPU_BF16_ENCODER=1; None (fp32) otherwise."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16_enabled():
+    if device.type == "cpu" and cpu_bf16_enabled() and (trained or frozen_encoder_bf16()):
         return torch.bfloat16
     return None
 
 
 def embedding_precision(device: torch.device) -> str:
-    """The name of the precision ``encoder_dtype`` gives: part of the cache and memo keys."""
+    """The name of the precision a frozen encoder runs in: part of the cache and memo keys."""
     dtype = encoder_dtype(device)
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def encoder_autocast(device: torch.device):
-    """Autocast to ``encoder_dtype(device)`` (none where that is fp32): how every SAM-family encoder runs."""
-    dtype = encoder_dtype(device)
+def encoder_autocast(device: torch.device, trained: bool = False):
+    """Autocast to ``encoder_dtype(device, trained)`` (none where that is fp32): how every SAM-family encoder runs."""
+    dtype = encoder_dtype(device, trained)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -130,5 +151,7 @@ def describe(device: torch.device) -> str:
         return f"CUDA: nnU-Net's fp16 autocast; SAM encoders in {embedding_precision(device)}"
     setting = os.environ.get(CPU_BF16_ENV, "auto")
     has = "has" if cpu_has_bf16() else "lacks"
-    state = "bf16 autocast" if cpu_bf16_enabled() else "fp32"
-    return f"CPU ({has} bf16 units, {CPU_BF16_ENV}={setting}): {state}"
+    if not cpu_bf16_enabled():
+        return f"CPU ({has} bf16 units, {CPU_BF16_ENV}={setting}): fp32"
+    encoder = "bf16" if frozen_encoder_bf16() else f"fp32 ({FROZEN_ENCODER_BF16_ENV}=1 for bf16)"
+    return f"CPU ({has} bf16 units, {CPU_BF16_ENV}={setting}): bf16 autocast; a frozen encoder in {encoder}"
