@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_autosam.comparison.holdout import default_derived_id, read_dataset_json, source_folder
+from nnunet_autosam.comparison.holdout import default_derived_id, read_dataset_json, short_name, source_folder
 from nnunet_autosam.comparison.protocol import METHODS, ZERO_SHOT
 from nnunet_autosam.data.grouping import Grouping, dataset_units
 from nnunet_autosam.data.verify import complete_cases, num_channels_of
@@ -120,15 +120,15 @@ def plan_dataset(args, working_raw: Path, grouping: Grouping) -> Plan:
         )
     if args.holdout:
         derived_id = args.derived_id or default_derived_id(source)
-        name = source.name.split("_", 1)[1]
-        folder = working_raw / f"Dataset{derived_id:03d}_{name}"
+        folder = working_raw / f"Dataset{derived_id:03d}_{short_name(source)}"
         return Plan(source, folder, HOLDOUT, folder / "imagesTs", folder / "labelsTs")
     folder = working_raw / source.name
     if args.test_images:
         images, labels = Path(args.test_images).resolve(), Path(args.test_labels).resolve()
         check_test_folders(images, labels)
         return Plan(source, folder, TEST_FOLDERS, images, labels)
-    if not list_cases(source / "labelsTs", dataset_json["file_ending"]):
+    own_labels = source / "labelsTs"
+    if not (own_labels.is_dir() and list_cases(own_labels, dataset_json["file_ending"])):
         raise InputError(
             f"{source.name} has no imagesTs/labelsTs to test on: pass --holdout N (N labelled units held out "
             f"into a derived dataset) or --test-images DIR --test-labels DIR"

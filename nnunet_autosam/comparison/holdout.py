@@ -66,6 +66,11 @@ def dataset_number(folder: Path) -> int:
         raise InputError(f"{folder.name} is not named DatasetXXX_NAME as nnU-Net requires: rename it") from None
 
 
+def short_name(folder: Path) -> str:
+    """NAME of a DatasetXXX_NAME folder (the whole name of a folder named otherwise)."""
+    return folder.name.split("_", 1)[1] if "_" in folder.name else folder.name
+
+
 def default_derived_id(source: Path) -> int:
     derived = dataset_number(source) + DERIVED_ID_OFFSET
     if derived > 999:
@@ -84,8 +89,7 @@ def derive_holdout(
     cases = {case.name: case for case in complete_cases(source, dataset_json, "Tr")}
     units = dataset_units(source, sorted(cases), grouping)
     held_out = set(draw_holdout(units, count))
-    name = source.name.split("_", 1)[1] if "_" in source.name else source.name
-    target = dataset_folder(dataset_id or default_derived_id(source), name, overwrite)
+    target = dataset_folder(dataset_id or default_derived_id(source), short_name(source), overwrite)
     if target.resolve() == source.resolve():
         raise InputError(f"the derived dataset would replace {source}: pick another id with -d")
     ending = dataset_json["file_ending"]
