@@ -190,6 +190,7 @@ def write_curves(curves: list, title: str, target: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     budgets = sorted({budget for _, _, budget, _, _ in curves}) or [0]
     figure, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets) + 2, 4), squeeze=False)
@@ -201,6 +202,7 @@ def write_curves(curves: list, title: str, target: Path) -> None:
                 axis.plot(epochs, [100 * curve[e] for e in epochs], marker="o", color=colours[method], label=method)
         axis.set_title(f"{title}: {budget_heading(budget)}", fontsize="small")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel("validation pseudo-Dice (%)")
         axis.grid(alpha=0.3)
         handles, labels = axis.get_legend_handles_labels()
