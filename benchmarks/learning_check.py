@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from nnunet_autosam.data.conversion import default_acdc_folder
+from nnunet_autosam.evaluation.metrics import DEFAULT_SUMMARY_NAME
 from nnunet_autosam.utilities.commands import DATASET_ID, Workspace
 
 TRAINING_PATIENTS = ("patient001", "patient011")
@@ -76,7 +77,7 @@ def main() -> None:
     workspace.predict(raw / "imagesTs", predictions, args.trainer, 0, plans, "cpu")
     times["predict_s"] = time.perf_counter() - start
     workspace.plugin("evaluate", str(predictions), str(raw / "labelsTs"), "-np", "2")
-    summary = json.loads((predictions / "summary_autosam.json").read_text())
+    summary = json.loads((predictions / DEFAULT_SUMMARY_NAME).read_text())
     dice = {CLASSES[label]: round(values["Dice"], 4) for label, values in summary["mean"].items()}
     splits = json.loads((root / "nnUNet_preprocessed" / "Dataset027_ACDC" / "few_label_splits.json").read_text())
     result = {

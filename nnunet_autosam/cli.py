@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "nnunet_autosam.evaluation.report",
     "nnunet_autosam.inference.zero_shot",
     "nnunet_autosam.training.embedding_cache.command",
+    "nnunet_autosam.comparison.holdout",
+    "nnunet_autosam.comparison.runs",
     "nnunet_autosam.run.demo",
 )
 
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet-autosam",
         description="SAM encoders with prompt-free heads for nnU-Net v2: set-up checks, plans, "
-        "dataset conversion, few-label splits, evaluation and reports.",
+        "dataset conversion, few-label splits, evaluation and reports, and the few-label comparison.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

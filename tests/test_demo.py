@@ -60,7 +60,7 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
     assert result.stdout.startswith(banner(ENCODER))
     assert "SimCLR pretraining is cut to the demo's schedule" in result.stdout
 
-    report_dir = output / "nnUNet_results" / "Dataset027_ACDC" / "autosam_report_test"
+    report_dir = output / "nnUNet_results" / "Dataset901_SyntheticCardiac" / "autosam_report_test"
     rows = {
         cells[0]: cells[1:]
         for cells in (
@@ -70,7 +70,8 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
         )
     }
     methods = list(rows)
-    preprocessed = output / "nnUNet_preprocessed" / "Dataset027_ACDC"
+    assert (report_dir / "report.md").read_text().startswith("# Dataset901_SyntheticCardiac: few-label results")
+    preprocessed = output / "nnUNet_preprocessed" / "Dataset901_SyntheticCardiac"
     sam_plans = next(preprocessed.glob(f"{STOCK_PLANS}_SAM_{ENCODER}_*.json")).stem
     expected = [method_display_name(f"{trainer}__{STOCK_PLANS}__2d") for trainer in (BASELINE_TRAINER, SIMCLR_TRAINER)]
     expected += [method_display_name(f"{trainer}__{sam_plans}__2d") for trainer in SAM_TRAINERS]
@@ -85,7 +86,11 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
     test_cases = 2 * 2  # 2 test patients x 2 frames
     assert len(list((output / "test_predictions").glob("*/fold_0/*.nii.gz"))) == (2 + len(SAM_TRAINERS)) * test_cases
     assert len(list((output / f"zero_shot_{ENCODER}").glob("*.nii.gz"))) == test_cases
-    log = next((output / "nnUNet_results" / "Dataset027_ACDC").glob("AutoSAMFullFTTrainer__*/fold_0/training_log_*"))
+    log = next(
+        (output / "nnUNet_results" / "Dataset901_SyntheticCardiac").glob(
+            "AutoSAMFullFTTrainer__*/fold_0/training_log_*"
+        )
+    )
     assert "trains its encoder, so it runs on the fly" in log.read_text()  # the plans' cache is for frozen heads
 
 

@@ -17,16 +17,15 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
+from nnunet_autosam.data.grouping import ACDC_INFO_FILE, HOLDOUT_SUBSET, draw_holdout
 from nnunet_autosam.data.image_checks import (
     geometry_mismatch,
     itk_warnings_off,
     require_intact,
     unexpected_label_values,
 )
-from nnunet_autosam.data.splits import by_group, stratified_draw
 from nnunet_autosam.utilities.atomic import atomic_path, write_json
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, source_checkout
@@ -35,8 +34,6 @@ LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 CHANNEL_NAMES = {"0": "cineMRI"}
 FILE_ENDING = ".nii.gz"
 SUBSETS = ("training", "testing")
-HOLDOUT_SUBSET = "holdout"  # training patients set aside as the test set by --holdout
-HOLDOUT_SEED = 20180  # fixed, so every user of --holdout N holds out the same patients
 PATIENT_NAME = re.compile(r"patient\d{3}")
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 ACDC_ENV = "NNUNET_AUTOSAM_ACDC"  # where tests and benchmarks find ACDC
@@ -223,11 +220,7 @@ def acdc_info(patients: list[Patient]) -> dict:
 
 
 def hold_out(patients: list[Patient], count: int) -> list[Patient]:
-    """Move ``count`` training patients, stratified by pathology group with a fixed seed, to the test set.
-
-    Why: with only ACDC's training set, a test set that no split, schedule or model choice ever
-    touches has to be carved out before anything trains; a fixed seed makes it the same for everyone.
-    """
+    """Move ``count`` training patients, stratified by pathology group, to the test set (grouping.draw_holdout)."""
     if count == 0:
         return patients
     if any(patient.subset != "training" for patient in patients):
@@ -235,13 +228,15 @@ def hold_out(patients: list[Patient], count: int) -> list[Patient]:
             "--holdout carves a test set out of training/, but this ACDC folder has testing/ "
             "patients too: drop --holdout and use its testing/ set, or convert without testing/"
         )
-    training = {patient.patient_id: (patient.info["Group"], None) for patient in patients}
+    training = {
+        patient.patient_id: (patient.info["Group"], [case.case_id for case in patient.cases]) for patient in patients
+    }
     if not 0 < count < len(training):
         raise InputError(
             f"--holdout {count} must leave at least one of the {len(training)} training patients to "
             f"train on: pick 1 to {len(training) - 1}"
         )
-    held_out = set(stratified_draw(by_group(training), count, np.random.default_rng(HOLDOUT_SEED)))
+    held_out = set(draw_holdout(training, count))
     return [
         replace(patient, subset=HOLDOUT_SUBSET) if patient.patient_id in held_out else patient for patient in patients
     ]
@@ -260,7 +255,7 @@ def write_dataset(patients: list[Patient], folder: Path, name: str) -> None:
                 shutil.copyfile(case.label, labels / f"{case.case_id}{FILE_ENDING}")
     num_training = sum(len(p.cases) for p in patients if p.subset == "training")
     write_json(dataset_json(num_training, name), folder / "dataset.json", sort_keys=False)
-    write_json(acdc_info(patients), folder / "acdc_info.json")
+    write_json(acdc_info(patients), folder / ACDC_INFO_FILE)
 
 
 def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:

@@ -2,7 +2,8 @@
 
 nnU-Net trains fold N on entry N of ``$nnUNet_preprocessed/DatasetXXX/splits_final.json``, so each
 (budget, seed) pair becomes one entry and ``nnUNetv2_train DATASET 2d N`` trains on that many labelled
-patients. Budgets count patients, not frames: both frames of a patient always sit on the same side.
+patients. Budgets count patients (units, data/grouping.py), not frames: all frames of a patient always
+sit on the same side.
 One validation set, drawn with its own fixed seed, is shared by every entry so scores compare across
 budgets and seeds. ``few_label_splits.json`` beside it records the same splits by patient for reports.
 """
@@ -12,6 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_autosam.data.grouping import (
+    Grouping,
+    Units,
+    add_grouping_arguments,
+    by_group,
+    cases_of,
+    dataset_units,
+    grouping_from_args,
+    stratified_draw,
+)
 from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, resolve_dataset
@@ -34,57 +45,14 @@ def labelled_cases(raw_dataset: Path) -> list[str]:
     return cases
 
 
-def dataset_patients(dataset_name: str) -> dict[str, tuple[str | None, list[str]]]:
-    """Patient id -> (pathology group, case ids).
+def dataset_patients(dataset_name: str, grouping: Grouping | None = None) -> Units:
+    """Patient (unit) id -> (stratum, case ids) over the labelled training cases (data/grouping.py).
 
-    Datasets made by convert-acdc carry ``acdc_info.json``: its training patients, their frames and
-    their Group. For any other dataset each case id is its own patient and there are no groups (None).
+    ACDC datasets carry their patients and pathology groups in ``acdc_info.json``; others group by
+    ``grouping``, by the ``units.json`` of a derived dataset, or each case is its own patient.
     """
     raw_dataset = nnunet_folder("nnUNet_raw") / dataset_name
-    cases = labelled_cases(raw_dataset)
-    info_file = raw_dataset / "acdc_info.json"
-    if not info_file.is_file():
-        return {case: (None, [case]) for case in cases}
-    info = json.loads(info_file.read_text(encoding="utf-8"))
-    patients = {
-        patient_id: (entry.get("Group"), sorted(entry["cases"]))
-        for patient_id, entry in info.items()
-        if entry["subset"] == "training"
-    }
-    listed = sorted(case for _, patient_cases in patients.values() for case in patient_cases)
-    if listed != cases:
-        raise InputError(
-            f"{info_file} and {raw_dataset / 'labelsTr'} list different cases: "
-            f"convert the dataset again with --overwrite"
-        )
-    return patients
-
-
-def by_group(patients: dict, exclude=()) -> dict:
-    """Group -> sorted patient ids, leaving out ``exclude``."""
-    groups: dict[str | None, list[str]] = {}
-    for patient_id, (group, _) in sorted(patients.items()):
-        if patient_id not in exclude:
-            groups.setdefault(group, []).append(patient_id)
-    return groups
-
-
-def stratified_draw(groups: dict, count: int, rng: np.random.Generator) -> list[str]:
-    """``count`` patients spread evenly across groups, the remainder from randomly chosen groups.
-
-    With fewer patients than groups that is one patient from each of ``count`` random groups. A group
-    too small for its share leaves the shortfall to be drawn at random from all remaining patients.
-    """
-    names = sorted(groups, key=str)
-    share, remainder = divmod(count, len(names))
-    extra = set(rng.choice(len(names), size=remainder, replace=False).tolist())
-    chosen = []
-    for index, group in enumerate(names):
-        take = min(share + (index in extra), len(groups[group]))
-        chosen += rng.choice(groups[group], size=take, replace=False).tolist()
-    rest = [patient for group in names for patient in groups[group] if patient not in chosen]
-    chosen += rng.choice(rest, size=count - len(chosen), replace=False).tolist()
-    return sorted(chosen)
+    return dataset_units(raw_dataset, labelled_cases(raw_dataset), grouping)
 
 
 def check_arguments(budgets, seeds: int, val_patients: int, num_patients: int, dataset_name: str) -> None:
@@ -99,11 +67,7 @@ def check_arguments(budgets, seeds: int, val_patients: int, num_patients: int, d
         )
 
 
-def cases_of(patients: dict, chosen) -> list[str]:
-    return sorted(case for patient_id in chosen for case in patients[patient_id][1])
-
-
-def make_few_label_splits(dataset, budgets, seeds: int, val_patients: int = 20) -> dict:
+def make_few_label_splits(dataset, budgets, seeds: int, val_patients: int = 20, grouping=None) -> dict:
     """The split table: one validation set, then one training set per (budget, seed), budgets outermost.
 
     The validation set has ``val_patients`` patients, or fewer on a small dataset so that the largest
@@ -111,7 +75,7 @@ def make_few_label_splits(dataset, budgets, seeds: int, val_patients: int = 20) 
     so the same arguments always give the same table.
     """
     dataset_name = resolve_dataset(dataset)
-    patients = dataset_patients(dataset_name)
+    patients = dataset_patients(dataset_name, grouping)
     check_arguments(budgets, seeds, val_patients, len(patients), dataset_name)
     val_count = min(val_patients, len(patients) - max(budgets))
     validation = stratified_draw(by_group(patients), val_count, np.random.default_rng(VALIDATION_SEED))
@@ -174,7 +138,7 @@ def print_table(table: dict) -> None:
 
 
 def run(args) -> None:
-    table = make_few_label_splits(args.dataset, args.labelled, args.seeds, args.val_patients)
+    table = make_few_label_splits(args.dataset, args.labelled, args.seeds, args.val_patients, grouping_from_args(args))
     target = write_splits(table, args.force)
     print_table(table)
     print(f"Wrote {target} and {target.with_name(TABLE_FILE).name}.")
@@ -187,7 +151,8 @@ def add_parser(subparsers) -> None:
         help="write few-label training splits (budget x seed) as nnU-Net folds",
         description="Write $nnUNet_preprocessed/DatasetXXX/splits_final.json with one fold per (budget, seed) "
         "and a shared validation set, plus few_label_splits.json listing the patients of each fold. "
-        "Budgets count patients; ACDC folds are stratified by pathology group.",
+        "Budgets count patients (units: cases grouped by --group-pattern or --group-map, or as the dataset "
+        "records them); ACDC folds are stratified by pathology group.",
     )
     parser.add_argument("dataset", metavar="DATASET", help="dataset id (27) or name (Dataset027_ACDC)")
     parser.add_argument(
@@ -200,5 +165,6 @@ def add_parser(subparsers) -> None:
         default=20,
         help="size of the shared validation set in patients (default: 20, fewer on small datasets)",
     )
+    add_grouping_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace a splits_final.json with other content")
     parser.set_defaults(func=run)

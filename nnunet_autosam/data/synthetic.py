@@ -1,11 +1,13 @@
-"""A small synthetic cardiac-like dataset in ACDC's official layout, for demos and tests without ACDC.
+"""Small synthetic datasets for demos and tests: a cardiac-like one in ACDC's official layout, and an
+nnU-Net raw dataset of another shape (more classes, non-square slices, several cases per patient).
 
-Each patient has an ED and an ES frame: short-axis slices with a bright LV cavity (label 3) inside a
-dark myocardial ring (2) and a crescent-shaped RV cavity (1) beside it, in noisy tissue, 1.5 mm
+Each patient of the ACDC-like one has an ED and an ES frame: short-axis slices with a bright LV cavity
+(label 3) inside a dark myocardial ring (2) and a crescent-shaped RV cavity (1) beside it, in noisy tissue, 1.5 mm
 in-plane and 10 mm between slices. Because the layout is ACDC's, the same converter reads it, so a
 demo on this data runs exactly the commands a user runs on ACDC.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,4 +69,56 @@ def write_synthetic_acdc(
     for index in range(101, 101 + num_testing):
         patient = f"patient{index:03d}"
         _write_patient(folder / "testing" / patient, patient, GROUPS[index % len(GROUPS)], shape, rng)
+    return folder
+
+
+def _blobs(rng: np.random.Generator, shape, num_classes: int):
+    """One volume of ``num_classes`` bright ellipses on noise, each class at its own place and brightness."""
+    depth, height, width = shape
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    image = rng.normal(0.2, 0.05, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    for label in range(1, num_classes + 1):
+        cy = height * (0.25 + 0.5 * rng.random())
+        cx = width * label / (num_classes + 1) + rng.normal(0, 1)
+        ry, rx = height * rng.uniform(0.12, 0.2), width * rng.uniform(0.05, 0.08)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        labels[:, inside] = label
+        image[:, inside] += 0.25 * label
+    return image, labels
+
+
+def write_synthetic_raw_dataset(
+    raw_folder,
+    dataset_id: int = 402,
+    name: str = "SyntheticBlobs",
+    num_patients: int = 4,
+    cases_per_patient: int = 2,
+    shape=(4, 40, 56),
+    num_classes: int = 3,
+    seed: int = 0,
+) -> Path:
+    """An nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json; no imagesTs) that is not ACDC-shaped:
+    ``num_classes`` foreground classes, non-square slices, and cases named ``patientNN_<letter>``,
+    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Returns its folder."""
+    folder = Path(raw_folder) / f"Dataset{dataset_id:03d}_{name}"
+    rng = np.random.default_rng(seed)
+    for subfolder in ("imagesTr", "labelsTr"):
+        (folder / subfolder).mkdir(parents=True, exist_ok=True)
+    for patient in range(1, num_patients + 1):
+        for visit in range(cases_per_patient):
+            case = f"patient{patient:02d}_{chr(ord('a') + visit)}"
+            image, labels = _blobs(rng, shape, num_classes)
+            _write(image, folder / "imagesTr" / f"{case}_0000.nii.gz")
+            _write(labels, folder / "labelsTr" / f"{case}.nii.gz")
+    classes = {"background": 0, **{f"blob{label}": label for label in range(1, num_classes + 1)}}
+    dataset = {
+        "channel_names": {"0": "synthetic"},
+        "labels": classes,
+        "numTraining": num_patients * cases_per_patient,
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": "synthetic blobs on noise (nnunet_autosam.data.synthetic), for tests",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
     return folder

@@ -89,6 +89,23 @@ def subset_cases(folder: Path, subset: str, num_channels: int, file_ending: str,
     return cases
 
 
+def num_channels_of(dataset_json: dict) -> int:
+    return len(dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": None})
+
+
+def complete_cases(folder: Path, dataset_json: dict, subset: str) -> list:
+    """The cases of imagesTr or imagesTs with their labels, or one line naming the first missing or stray file.
+
+    Only names are checked (no file is read): a quick guard before a command copies or trains on the files.
+    """
+    problems: list[str] = []
+    cases = subset_cases(folder, subset, num_channels_of(dataset_json), dataset_json["file_ending"], problems)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(f"{problems[0]}{more}: run nnunet-autosam verify {folder.name} and fix the files")
+    return cases
+
+
 def read_header(path: Path):
     """A SimpleITK reader holding the file's geometry, without its voxels."""
     import SimpleITK as sitk
@@ -143,7 +160,7 @@ def verify_dataset(folder: Path) -> tuple[list, int]:
             f"labelsTr/imagesTs/labelsTs folders only"
         )
     file_ending = dataset_json.get("file_ending", ".nii.gz")
-    num_channels = len(dataset_json.get("channel_names") or dataset_json.get("modality") or {"0": None})
+    num_channels = num_channels_of(dataset_json)
     problems: list[str] = []
     cases = {subset: subset_cases(folder, subset, num_channels, file_ending, problems) for subset in SUBSETS}
     if not cases["Tr"]:

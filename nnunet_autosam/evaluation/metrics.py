@@ -44,7 +44,7 @@ from nnunet_autosam.utilities.atomic import atomic_path
 from nnunet_autosam.utilities.errors import InputError
 
 DEFAULT_FILE_ENDING = ".nii.gz"
-DEFAULT_SUMMARY_NAME = "summary_autosam.json"  # not summary.json: nnU-Net writes that one itself
+DEFAULT_SUMMARY_NAME = "summary_evaluate.json"  # the command that wrote it; not summary.json, which is nnU-Net's
 DISTANCE_METRICS = ("ASSD_mm", "HD95_mm")
 CSV_METRICS = ("Dice", "IoU", *DISTANCE_METRICS, "TP", "FP", "FN", "TN", "n_pred", "n_ref")
 

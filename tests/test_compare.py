@@ -1,0 +1,162 @@
+"""`nnunet-autosam compare` end to end on a dataset that is not ACDC-shaped, on the tiny encoder.
+
+Three foreground classes, 40 x 56 slices, two cases per patient grouped by a pattern, no imagesTs (the test
+set is held out): 4 patients, 1 held out, 1 for validation, the labelled one drawn from the other 2. Two
+iterations per run: this proves the command's plumbing, not any method's quality.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_autosam.comparison import protocol
+from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
+
+pytestmark = pytest.mark.slow
+
+METHODS = ["nnunet", "linear", "zero_shot"]  # the other heads run the same code with another trainer
+SMOKE = [
+    "--holdout",
+    "1",
+    "--group-pattern",
+    r"(patient\d+)_",
+    "--encoder",
+    "tiny",
+    "--input-size",
+    "64",
+    "--val-patients",
+    "1",
+    "--budgets",
+    "1",
+    "--seeds",
+    "1",
+    "--epochs",
+    "1",
+    "--iters",
+    "2",
+    "--methods",
+    *METHODS,
+]
+DERIVED = "Dataset902_SyntheticBlobs"
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """One finished smoke comparison: (compare's command line, output folder, stdout, user's dataset, snapshot)."""
+    root = tmp_path_factory.mktemp("compare")
+    source = write_synthetic_raw_dataset(root / "user_raw", num_patients=4, cases_per_patient=2, shape=(4, 40, 56))
+    env = dict(os.environ, nnUNet_raw=str(root / "user_raw"), OMP_NUM_THREADS="1")
+    for name in ("nnUNet_preprocessed", "nnUNet_results"):
+        env.pop(name, None)
+    output = root / "out"
+    before = snapshot(source)
+
+    def compare(*extra):
+        command = [sys.executable, "-m", "nnunet_autosam.cli", "compare", "402", "--output", str(output), *SMOKE]
+        result = subprocess.run([*command, *extra], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    return compare, output, compare(), source, before
+
+
+def cases(folder):
+    return sorted(p.name.replace("_0000.nii.gz", "").replace(".nii.gz", "") for p in folder.glob("*.nii.gz"))
+
+
+def test_every_run_finishes_and_a_patient_never_straddles_train_validation_and_test(experiment):
+    _, output, stdout, source, before = experiment
+    assert "3 runs, 0 done before, 3 to run" in stdout
+    assert snapshot(source) == before  # the user's dataset is only read
+    derived = output / "nnUNet_raw" / DERIVED
+    test_cases = cases(derived / "labelsTs")
+    assert cases(derived / "imagesTs") == test_cases and len(test_cases) == 2
+    test_patient = {case.split("_")[0] for case in test_cases}
+    assert len(test_patient) == 1  # both cases of the held-out patient, and only those
+    table = json.loads((output / "nnUNet_preprocessed" / DERIVED / "few_label_splits.json").read_text())
+    (fold,) = table["folds"]
+    sides = [{case.split("_")[0] for case in fold[key]} for key in ("train_cases", "val_cases")] + [test_patient]
+    assert all(len(side) == 1 for side in sides) and len(set.union(*sides)) == 3
+    assert len(fold["train_cases"]) == len(fold["val_cases"]) == 2
+    splits = json.loads((output / "nnUNet_preprocessed" / DERIVED / "splits_final.json").read_text())
+    assert splits == [{"train": fold["train_cases"], "val": fold["val_cases"]}]
+    preprocessed = {
+        p.name.split(".")[0] for p in (output / "nnUNet_preprocessed" / DERIVED / "nnUNetPlans_2d").iterdir()
+    }
+    assert not preprocessed & set(test_cases)  # nnU-Net never planned on the test set
+    for run in ("nnunet_fold0", "linear_fold0", "zero_shot"):
+        assert json.loads((output / "runs" / f"{run}.json").read_text())["wall_s"] > 0
+    for folder in (output / "test_predictions").iterdir():
+        assert cases(folder / "fold_0") == test_cases
+    assert cases(output / "zero_shot" / "zero_shot_tiny") == test_cases
+
+
+def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(experiment):
+    compare, output, _, _, _ = experiment
+    log = (output / "commands.log").read_text()
+    markers = {path: path.stat().st_mtime_ns for path in (output / "runs").glob("*.json")}
+    assert "3 runs, 3 done before, 0 to run" in compare()
+    assert (output / "commands.log").read_text() == log
+    assert {path: path.stat().st_mtime_ns for path in (output / "runs").glob("*.json")} == markers
+
+    (output / "runs" / "linear_fold0.json").unlink()  # as if killed before it finished
+    predictions = next((output / "test_predictions").glob("SAMLinearTrainer__*")) / "fold_0"
+    (predictions / "left_over.nii.gz").write_bytes(b"partial")
+    assert "1 to run" in compare()
+    assert not (predictions / "left_over.nii.gz").exists()
+    new_commands = (output / "commands.log").read_text()[len(log) :].splitlines()
+    assert [line.split()[0] for line in new_commands] == ["nnUNetv2_train", "nnUNetv2_predict"]
+    assert "-tr SAMLinearTrainer" in new_commands[0]
+
+
+def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_path):
+    compare, output, _, _, _ = experiment
+    published = tmp_path / "published"
+    compare("--publish", str(published))
+    assert sorted(p.name for p in published.iterdir()) == sorted(
+        ["commands.md", "plot.png", "table.csv", "table.md", "timings.json", "validation_curves.csv"]
+        + ["validation_curves.png"]
+    )
+    with open(published / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3  # two trained methods and zero-shot, one budget
+    for row in rows:
+        assert row["n_seeds"] == "1" and not row["missing_folds"]
+        for column in ("Dice_blob1_mean", "Dice_blob2_mean", "Dice_blob3_mean", "mean_Dice_mean", "HD95_mm_mean"):
+            assert float(row[column]) >= 0, (row["method"], column)
+    table = (published / "table.md").read_text()
+    assert "# Few-label SyntheticBlobs on `tiny`: test set of 1 patient\n" in table
+    assert "derived from Dataset402_SyntheticBlobs; classes (dataset.json): blob1, blob2, blob3" in table
+    assert "| method | blob1 | blob2 | blob3 | mean Dice |" in table and "ACDC" not in table
+    assert "every trained method 1 x 2 iterations at batch 4" in table and str(output) not in table
+    for image in ("plot.png", "validation_curves.png"):
+        assert (published / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(published / "validation_curves.csv", newline="") as f:
+        curves = list(csv.DictReader(f))
+    assert sorted(row["method"] for row in curves) == ["linear", "nnunet"]  # one epoch each
+    assert all(0 <= float(row["pseudo_dice"]) <= 1 for row in curves)
+    commands = (published / "commands.md").read_text()
+    assert "nnunet-autosam holdout" in commands and "--count 1 --group-pattern '(patient\\d+)_'" in commands
+    assert "nnUNetv2_train 902 2d 0 -tr SAMLinearTrainer -p nnUNetPlans_SAM_tiny_64 -device cpu" in commands
+    assert "nnunet-autosam compare 402 --output OUTPUT --holdout 1" in commands
+    timings = json.loads((published / "timings.json").read_text())
+    assert len(timings["runs"]) == 3 and timings["machine"] and "code" in timings
+
+
+def test_plan_lists_every_run_once_and_trains_nothing(experiment):
+    compare, output, _, _, _ = experiment
+    before = sorted(path.name for path in (output / "runs").iterdir())
+    lines = [line for line in compare("--plan", "--shard", "0/2").splitlines() if line.startswith("shard ")]
+    assert [line.split(":")[0] for line in lines] == ["shard 0/2", "shard 1/2"]
+    planned = [name for line in lines for name in line.split(": ", 2)[2].split()]
+    assert sorted(planned) == sorted(name[: -len(".json")] for name in before)
+    assert sorted(path.name for path in (output / "runs").iterdir()) == before
+    assert protocol.ZERO_SHOT in planned
