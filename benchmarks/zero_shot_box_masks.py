@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from nnunet_autosam.data.conversion import default_acdc_folder
-from nnunet_autosam.inference import zero_shot
+from nnunet_autosam.inference import box_prompts, zero_shot
 
 ACDC = default_acdc_folder()
 CLASSES = {1: "RV", 2: "Myo", 3: "LV"}
@@ -36,9 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     reference_path = args.image.with_name(args.image.name.replace(".nii.gz", "_gt.nii.gz"))
     _, volume, reference = zero_shot.read_case(args.image, reference_path)
-    segmenter = zero_shot.BoxPromptSegmenter.build(args.encoder, args.input_size).eval()
+    segmenter = box_prompts.BoxPromptSegmenter.build(args.encoder, args.input_size).eval()
     for z in args.slices:
-        classes, boxes = zero_shot.tight_boxes(reference[z], 0, None)
+        classes, boxes = box_prompts.tight_boxes(reference[z], 0, None)
         embedding = segmenter.embed(torch.from_numpy(volume[[z]][:, None]))
         logits = segmenter.slice_logits(embedding, boxes, volume.shape[1:])
         for row, label in enumerate(classes):
@@ -47,7 +47,7 @@ def main() -> None:
                 f"slice {z} {CLASSES[int(label)]} box: Dice with {CLASSES[int(label)]} "
                 f"{dice(mask, reference[z] == label):.2f}, with Myo+LV {dice(mask, reference[z] >= 2):.2f}"
             )
-        combined = zero_shot.resolve_overlaps(classes, logits)
+        combined = box_prompts.resolve_overlaps(classes, logits)
         print(
             f"slice {z} after overlaps: "
             + ", ".join(

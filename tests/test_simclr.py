@@ -10,7 +10,8 @@ import subprocess
 import pytest
 import torch
 
-from nnunet_autosam.training.simclr import HEAD_KEY, ProjectionHead, TwoViews, nt_xent_loss
+from nnunet_autosam.training.contrastive import ProjectionHead, TwoViews, nt_xent_loss
+from nnunet_autosam.training.simclr import HEAD_KEY
 
 PATIENTS = ["patient001", "patient002", "patient003"]
 

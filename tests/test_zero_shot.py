@@ -14,7 +14,7 @@ from sam_files import write_sam_checkpoint
 
 from nnunet_autosam import cli
 from nnunet_autosam.data.conversion import convert_acdc
-from nnunet_autosam.inference import zero_shot
+from nnunet_autosam.inference import box_prompts, zero_shot
 from nnunet_autosam.utilities.errors import InputError
 
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -70,7 +70,7 @@ def tight_box(mask: np.ndarray) -> tuple:
 
 def test_tight_boxes_hold_each_class_and_touch_its_extremes():
     label_slice = synthetic_reference()[1]
-    classes, boxes = zero_shot.tight_boxes(label_slice, 0, np.random.default_rng(0))
+    classes, boxes = box_prompts.tight_boxes(label_slice, 0, np.random.default_rng(0))
     assert classes.tolist() == [1, 2, 3]
     for label, box in zip(classes, boxes):
         assert tuple(box) == tight_box(label_slice == label)
@@ -78,10 +78,10 @@ def test_tight_boxes_hold_each_class_and_touch_its_extremes():
 
 def test_jittered_boxes_are_seeded_bounded_and_inside_the_slice():
     label_slice = synthetic_reference()[1]
-    _, tight = zero_shot.tight_boxes(label_slice, 0, np.random.default_rng(0))
-    _, first = zero_shot.tight_boxes(label_slice, 3, np.random.default_rng(7))
-    _, again = zero_shot.tight_boxes(label_slice, 3, np.random.default_rng(7))
-    _, other = zero_shot.tight_boxes(label_slice, 3, np.random.default_rng(8))
+    _, tight = box_prompts.tight_boxes(label_slice, 0, np.random.default_rng(0))
+    _, first = box_prompts.tight_boxes(label_slice, 3, np.random.default_rng(7))
+    _, again = box_prompts.tight_boxes(label_slice, 3, np.random.default_rng(7))
+    _, other = box_prompts.tight_boxes(label_slice, 3, np.random.default_rng(8))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert np.abs(first - tight).max() <= 3
     height, width = label_slice.shape
@@ -90,18 +90,18 @@ def test_jittered_boxes_are_seeded_bounded_and_inside_the_slice():
 
 
 def test_boxes_scale_x_by_width_and_y_by_height():
-    scaled = zero_shot.boxes_to_input_frame(np.array([[8, 6, 31, 23]]), (24, 32), 128)
+    scaled = box_prompts.boxes_to_input_frame(np.array([[8, 6, 31, 23]]), (24, 32), 128)
     assert np.allclose(scaled, [[32, 32, 124, 128 * 23 / 24]])
 
 
 def test_overlaps_go_to_the_highest_logit_above_zero():
     logits = torch.tensor([[[2.0, 1.0, -1.0, 0.5]], [[1.0, 3.0, -2.0, 0.5]]])  # (K=2, H=1, W=4)
-    assert zero_shot.resolve_overlaps(np.array([1, 3]), logits).tolist() == [[1, 3, 0, 1]]
+    assert box_prompts.resolve_overlaps(np.array([1, 3]), logits).tolist() == [[1, 3, 0, 1]]
 
 
 def test_clipping_drops_logits_outside_each_box():
-    logits = zero_shot.clip_to_boxes(torch.ones(1, 4, 5), np.array([[1, 0, 2, 2]]))
-    assert (zero_shot.resolve_overlaps(np.array([1]), logits) > 0).astype(int).tolist() == [
+    logits = box_prompts.clip_to_boxes(torch.ones(1, 4, 5), np.array([[1, 0, 2, 2]]))
+    assert (box_prompts.resolve_overlaps(np.array([1]), logits) > 0).astype(int).tolist() == [
         [0, 1, 1, 0, 0],
         [0, 1, 1, 0, 0],
         [0, 1, 1, 0, 0],
@@ -149,7 +149,7 @@ def test_oracle_decoder_returns_the_reference_exactly(tmp_path, monkeypatch):
     write_synthetic_case(tmp_path, "synth_001", reference)
     oracle = ReferenceOracle(reference, input_size=256)
     monkeypatch.setattr(
-        zero_shot.BoxPromptSegmenter, "decode", lambda self, embedding, boxes: oracle.decode(embedding, boxes)
+        box_prompts.BoxPromptSegmenter, "decode", lambda self, embedding, boxes: oracle.decode(embedding, boxes)
     )
     written = zero_shot.predict_zero_shot(
         tmp_path / "images", tmp_path / "out", [tmp_path / "labels"], "tiny", 256, batch_size=2, device="cpu"
@@ -206,7 +206,7 @@ def test_acdc_predictions_keep_geometry_and_stay_inside_the_boxes(acdc_dir, nnun
 def test_prompt_encoder_and_decoder_load_from_the_sam_file_at_another_input_size(tmp_path):
     path = write_sam_checkpoint(tmp_path / "sam_tiny.pth", "tiny")
     saved = torch.load(path, weights_only=True)
-    segmenter = zero_shot.BoxPromptSegmenter.build("tiny", 128, str(path))
+    segmenter = box_prompts.BoxPromptSegmenter.build("tiny", 128, str(path))
     for prefix, module in (("prompt_encoder.", segmenter.prompt_encoder), ("mask_decoder.", segmenter.mask_decoder)):
         for key, value in module.state_dict().items():
             assert torch.equal(value, saved[prefix + key]), prefix + key
@@ -222,7 +222,7 @@ def test_a_file_without_decoder_weights_is_refused(tmp_path):
     state = torch.load(path, weights_only=True)
     torch.save({k: v for k, v in state.items() if not k.startswith("mask_decoder.")}, path)
     with pytest.raises(InputError, match="mask_decoder"):
-        zero_shot.BoxPromptSegmenter.build("tiny", 128, str(path))
+        box_prompts.BoxPromptSegmenter.build("tiny", 128, str(path))
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
