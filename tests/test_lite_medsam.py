@@ -14,7 +14,7 @@ from conftest import acdc_root
 from sam_files import write_sam_checkpoint
 
 from nnunet_autosam.experiment_planning.settings import EncoderSettings
-from nnunet_autosam.inference.zero_shot import BoxPromptSegmenter, resolve_overlaps
+from nnunet_autosam.inference.box_prompts import BoxPromptSegmenter, resolve_overlaps
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.encoders.base import file_sha256, load_sam_state_dict
 from nnunet_autosam.model.encoders.lite_medsam import FAMILY, ZScoreToLiteMedSAMInput
