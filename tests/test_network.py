@@ -61,9 +61,54 @@ def test_input_mapping_shows_sam_a_grey_picture_with_its_pixel_statistics():
     )
 
 
-def test_multichannel_data_is_refused():
-    with pytest.raises(InputError, match="one image channel but this dataset has 2"):
-        build_sam_network(TINY, "linear", 2, 4)
+def test_stacked_channels_fill_r_g_b_each_through_the_family_mapping():
+    mapping = sam_vit.ZScoreToSAMInput(128)
+    x = torch.randn(2, 3, 64, 48) * torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1)
+    network = build_sam_network(EncoderSettings("tiny", 128, channels="stack"), "linear", 3, 4)
+    mapped = network.input_mapping(x)
+    assert mapped.shape == (2, 3, 128, 128)
+    for k in range(3):  # encoder channel k is image channel k, in SAM's statistics for colour k
+        assert torch.allclose(mapped[:, k], mapping(x[:, k : k + 1])[:, k], atol=1e-6)
+    two = build_sam_network(EncoderSettings("tiny", 128, channels="stack"), "linear", 2, 4).input_mapping(x[:, :2])
+    assert torch.allclose(two[:, 1], mapping(x[:, 1:2])[:, 1], atol=1e-6)
+    assert torch.allclose(two[:, 2], (mapping(x[:, :1])[:, 2] + mapping(x[:, 1:2])[:, 2]) / 2, atol=1e-6)
+    one = build_sam_network(TINY, "linear", 1, 4)
+    assert torch.equal(one.input_mapping(x[:, :1]), mapping(x[:, :1]))  # one channel: grey, exactly as before
+
+
+def test_separate_channels_embed_each_channel_alone_and_fuse_them_as_their_mean_at_first():
+    x = torch.randn(2, 4, 64, 64)
+    network = build_sam_network(EncoderSettings("tiny", 128, channels="separate"), "cnn", 4, 3).eval()
+    single = build_sam_network(TINY, "cnn", 1, 3).eval()
+    with torch.no_grad():
+        embedding = network.embed(x)
+        assert embedding.shape == (2, 4 * 256, 8, 8)
+        for c in range(4):  # the same encoder weights, each channel on its own
+            assert torch.allclose(embedding[:, c * 256 : (c + 1) * 256], single.embed(x[:, c : c + 1]), atol=1e-5)
+        mean = embedding.reshape(2, 4, 256, 8, 8).mean(1)
+        assert torch.allclose(network.fusion(embedding), mean, atol=1e-5)
+        assert network(x).shape == (2, 3, 64, 64)
+    fusion = set(map(id, network.fusion.parameters()))
+    assert fusion and fusion <= set(map(id, network.head_parameters()))  # trained with the head
+    assert not list(single.fusion.parameters())  # one channel stacked: nothing to fuse
+
+
+def test_channel_strategies_are_refused_where_they_cannot_apply():
+    with pytest.raises(InputError, match="at most 3 channels .* has 4: use nnunet-autosam plans --channels separate"):
+        build_sam_network(EncoderSettings("tiny", 128, channels="stack"), "linear", 4, 2)
+    with pytest.raises(InputError, match="written for 3 image channel.* dataset has 2: write plans for this dataset"):
+        build_sam_network(EncoderSettings("tiny", 128, channels="stack", num_channels=3), "linear", 2, 2)
+    with pytest.raises(InputError, match="'rgb' is not a channel strategy"):
+        build_sam_network(EncoderSettings("tiny", 128, channels="rgb"), "linear", 2, 2)
+
+
+def test_a_head_trained_on_one_channel_strategy_is_not_loaded_into_another():
+    stacked = build_sam_network(EncoderSettings("tiny", 128, channels="stack"), "linear", 2, 2)
+    separate = build_sam_network(EncoderSettings("tiny", 128, channels="separate"), "linear", 2, 2)
+    assert stacked.identity["channels"] == "stack:2" and separate.identity["channels"] == "separate:2"
+    state = stacked.state_dict()
+    with pytest.raises(InputError, match="trained with channels 'stack:2' but the plans build 'separate:2'"):
+        separate.load_state_dict(state, strict=False)
 
 
 def _bare_trainer(trainer_class, network):

@@ -97,10 +97,13 @@ def write_synthetic_raw_dataset(
     shape=(4, 40, 56),
     num_classes: int = 3,
     seed: int = 0,
+    num_channels: int = 1,
 ) -> Path:
     """An nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json; no imagesTs) that is not ACDC-shaped:
     ``num_classes`` foreground classes, non-square slices, and cases named ``patientNN_<letter>``,
-    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Returns its folder."""
+    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Channels after
+    the first show the same blobs in their own contrast (inverted, scaled, own noise), as MRI sequences
+    do. Returns its folder."""
     folder = Path(raw_folder) / f"Dataset{dataset_id:03d}_{name}"
     rng = np.random.default_rng(seed)
     for subfolder in ("imagesTr", "labelsTr"):
@@ -110,10 +113,13 @@ def write_synthetic_raw_dataset(
             case = f"patient{patient:02d}_{chr(ord('a') + visit)}"
             image, labels = _blobs(rng, shape, num_classes)
             _write(image, folder / "imagesTr" / f"{case}_0000.nii.gz")
+            for channel in range(1, num_channels):
+                contrast = (1.0 - image) * (0.5 + 0.5 * channel) + rng.normal(0, 0.05, image.shape)
+                _write(contrast.astype(np.float32), folder / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
             _write(labels, folder / "labelsTr" / f"{case}.nii.gz")
     classes = {"background": 0, **{f"blob{label}": label for label in range(1, num_classes + 1)}}
     dataset = {
-        "channel_names": {"0": "synthetic"},
+        "channel_names": {"0": "synthetic", **{str(c): f"synthetic contrast {c}" for c in range(1, num_channels)}},
         "labels": classes,
         "numTraining": num_patients * cases_per_patient,
         "file_ending": ".nii.gz",

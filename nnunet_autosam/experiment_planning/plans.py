@@ -15,8 +15,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from nnunet_autosam.data.verify import num_channels_of
 from nnunet_autosam.experiment_planning.settings import parse_mode
 from nnunet_autosam.model import encoders
+from nnunet_autosam.model.channel_input import STRATEGIES, resolve_strategy
 from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.nnunet_paths import preprocessed_folder, source_checkout
@@ -45,8 +47,10 @@ def make_sam_plans(
     checkpoint,
     plans_name: str,
     embedding_cache=None,
+    num_channels: int = 1,
+    channels: str | None = None,
 ) -> dict:
-    """A copy of ``source_plans`` whose ``configuration`` builds the given SAM encoder."""
+    """A copy of ``source_plans`` whose ``configuration`` builds the given SAM encoder for ``num_channels`` channels."""
     if configuration not in source_plans["configurations"]:
         raise InputError(
             f"the plans have no configuration {configuration!r}: run "
@@ -56,7 +60,13 @@ def make_sam_plans(
     config = plans["configurations"][configuration]
     if len(config.get("patch_size", [])) != 2:
         raise InputError(f"configuration {configuration!r} is not 2D: SAM's encoders are 2D; use --configuration 2d")
-    config["sam_encoder"] = {"type": encoder_type, "input_size": input_size, "checkpoint": checkpoint}
+    config["sam_encoder"] = {
+        "type": encoder_type,
+        "input_size": input_size,
+        "checkpoint": checkpoint,
+        "channels": resolve_strategy(channels, num_channels),
+        "num_channels": num_channels,
+    }
     if embedding_cache is not None:
         config["sam_encoder"]["embedding_cache"] = str(parse_mode(embedding_cache, "--embedding-cache"))
     if batch_size is not None:
@@ -75,6 +85,7 @@ def write_sam_plans(
     configuration: str = "2d",
     plans_name=None,
     embedding_cache=None,
+    channels=None,
 ) -> str:
     """Write the plans file and return its identifier (the value for nnUNetv2_train -p)."""
     preset = load_preset(encoder_type)
@@ -97,6 +108,10 @@ def write_sam_plans(
         checkpoint,
         plans_name,
         embedding_cache,
+        num_channels_of(json.loads((folder / "dataset.json").read_text()))
+        if (folder / "dataset.json").is_file()
+        else 1,
+        channels,
     )
     write_json(plans, folder / f"{plans_name}.json")
     return plans_name
@@ -128,6 +143,13 @@ def add_parser(subparsers) -> None:
         help="default training mode of these plans: off, cache or cache_views:K "
         "(AUTOSAM_EMBEDDING_CACHE overrides it; default: off, encoder on the fly)",
     )
+    parser.add_argument(
+        "--channels",
+        choices=STRATEGIES,
+        help="how a multi-channel dataset reaches the encoder: stack (up to 3 channels as R, G, B, one pass per "
+        "slice) or separate (one pass per channel, embeddings fused by a learned layer); default: stack for one "
+        "channel, separate for more",
+    )
     parser.set_defaults(func=run)
 
 
@@ -152,6 +174,7 @@ def run(args) -> None:
         args.configuration,
         args.plans_name,
         args.embedding_cache,
+        args.channels,
     )
     print(f"wrote {preprocessed_folder(args.dataset) / (identifier + '.json')}")
     print(f"train with: nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr AutoSAMTrainer -p {identifier}")

@@ -1,9 +1,9 @@
 """What the plans say about the SAM network, read without building anything.
 
-The trainers, the embedding cache and ``nnunet-autosam plans`` all read the same two settings of a
-2d configuration's ``sam_encoder`` entry: which encoder to build, and whether training reads cached
-embeddings. They live here, apart from the modules that act on them, so that imports run one way
-(trainer -> cache -> network -> encoders; plans -> settings).
+The trainers, the embedding cache and ``nnunet-autosam plans`` all read the same settings of a
+2d configuration's ``sam_encoder`` entry: which encoder to build, how the image channels reach it,
+and whether training reads cached embeddings. They live here, apart from the modules that act on
+them, so that imports run one way (trainer -> cache -> network -> encoders; plans -> settings).
 """
 
 import os
@@ -21,6 +21,8 @@ class EncoderSettings:
     encoder_type: str = "vit_b"
     input_size: int = 1024
     checkpoint: str | None = None  # a file name inside $nnUNet_SAM_weights or an absolute path
+    channels: str | None = None  # stack | separate (model/channel_input.py); None: the default for the channel count
+    num_channels: int | None = None  # the channel count the plans were written for (None: not recorded)
 
     @classmethod
     def from_configuration(cls, configuration: dict) -> "EncoderSettings":
@@ -30,6 +32,8 @@ class EncoderSettings:
             encoder_type=entry.get("type", cls.encoder_type),
             input_size=int(entry.get("input_size", cls.input_size)),
             checkpoint=entry.get("checkpoint"),
+            channels=entry.get("channels"),
+            num_channels=int(entry["num_channels"]) if entry.get("num_channels") is not None else None,
         )
 
 

@@ -5,7 +5,8 @@ and again, and the encoder is nearly all of a prediction's cost (about a second 
 LiteMedSAM on a CPU). With the variable set, each tile's embedding is stored once in DIR and read back
 by every later prediction, of any head or fold, that sees the same tile.
 
-The key is a SHA-256 over the encoder identity (type, input size, input mapping, weights file hash),
+The key is a SHA-256 over the encoder identity (type, input size, input mapping, channel strategy and
+count, weights file hash),
 the precision the encoder runs in on this device (fp32, or bf16 under autocast: nnunet_autosam.utilities.precision)
 and the exact input tile (dtype, shape, bytes); the embedding is stored in fp32 as computed. A hit
 therefore returns exactly what the encoder would compute, so predictions are the same labels as

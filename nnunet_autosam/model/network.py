@@ -1,17 +1,20 @@
-"""The network nnU-Net trains: input mapping -> SAM-family image encoder -> prompt-free head -> logits at patch size.
+"""The network nnU-Net trains: channels -> SAM-family image encoder -> (fusion) -> prompt-free head -> logits.
 
 A frozen encoder loaded from a SAM file is left out of the network's state dict: a fold's
-checkpoint then holds the head and the encoder's identity (type, input size, input mapping, file
-hash), not another copy of weights that may be 2.5 GB. Loading such a checkpoint takes the
+checkpoint then holds the head and the encoder's identity (type, input size, input mapping, channel
+strategy, file hash), not another copy of weights that may be 2.5 GB. Loading such a checkpoint takes the
 encoder weights from the network as built (from the weights file) and refuses a file whose hash
 differs from the one the head was trained on. A trainable encoder, or one with no file (``tiny``),
 is stored like any other weights.
 
 The encoder's family (nnunet_autosam.model.encoders) builds it, maps the input, and says how big its
-embedding grid is. The encoder runs under bf16 autocast on CUDA, and on a CPU with bf16 units when it is
-trained (a frozen one there stays fp32 unless asked; see nnunet_autosam/utilities/precision.py); its output
-is cast back to fp32 for the head. The head runs under bf16 autocast on such a CPU (its logits come back
-in fp32). The whole batch goes through the encoder in one call.
+embedding grid is; the plans' channel strategy (nnunet_autosam.model.channel_input) says how the image
+channels become encoder passes and how their embeddings are fused before the head.
+
+The encoder runs under bf16 autocast on CUDA, and on a CPU with bf16 units when it is trained (a
+frozen one there stays fp32 unless asked; see nnunet_autosam/utilities/precision.py); its output is
+cast back to fp32 for the head. The head runs under bf16 autocast on such a CPU (its logits come
+back in fp32). The whole batch goes through the encoder in one call.
 With ``AUTOSAM_EMBEDDING_MEMO`` set, a frozen encoder's eval-mode embeddings are remembered on disk
 across predictions (nnunet_autosam.model.embedding_memo).
 """
@@ -22,6 +25,7 @@ from torch import nn
 
 from nnunet_autosam.experiment_planning.settings import EncoderSettings
 from nnunet_autosam.model import encoders
+from nnunet_autosam.model.channel_input import build_channel_input, encoder_passes, resolve_strategy
 from nnunet_autosam.model.embedding_memo import EmbeddingMemo
 from nnunet_autosam.model.encoders.base import EMBEDDING_DIM, file_sha256
 from nnunet_autosam.model.heads import head_spec
@@ -37,12 +41,13 @@ def build_head(head: str, num_classes: int, grid_size: int) -> SegmentationHead:
 
 
 class SAMSegmentationNetwork(nn.Module):
-    """(B, 1, H, W) z-scored patch -> (B, C, H, W) logits, every class in one pass, no softmax."""
+    """(B, C, H, W) z-scored patch -> (B, K, H, W) logits, every class in one pass, no softmax."""
 
     def __init__(
         self,
         input_mapping: nn.Module,
         encoder: nn.Module,
+        fusion: nn.Module,
         head: nn.Module,
         identity: dict,
         train_encoder: bool,
@@ -52,6 +57,7 @@ class SAMSegmentationNetwork(nn.Module):
         super().__init__()
         self.input_mapping = input_mapping
         self.encoder = encoder
+        self.fusion = fusion
         self.head = head
         self.identity = identity
         self.train_encoder = train_encoder
@@ -72,8 +78,12 @@ class SAMSegmentationNetwork(nn.Module):
             self.encoder.eval()  # a frozen encoder always runs in inference mode
         return self
 
+    def head_parameters(self) -> list:
+        """What trains with the head: the head and the channel fusion (empty for stacked channels)."""
+        return [p for p in [*self.fusion.parameters(), *self.head.parameters()] if p.requires_grad]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The image embedding (B, 256, G, G) in fp32; no autograd graph through a frozen encoder."""
+        """The image embedding (B, 256 x passes, G, G) in fp32; no autograd graph through a frozen encoder."""
         if self.embedding_memo is not None and not self.training:
             return self.embedding_memo.embed(x, self.encode)
         return self.encode(x)
@@ -87,12 +97,12 @@ class SAMSegmentationNetwork(nn.Module):
             mapped = self.input_mapping(x.float())
             with encoder_autocast(x.device, trained=self.train_encoder):
                 embedding = self.encoder(mapped)
-        return embedding.float()
+        return embedding.float().reshape(x.shape[0], -1, *embedding.shape[-2:])
 
     def segment(self, embedding: torch.Tensor, size) -> torch.Tensor:
         """The head's logits (at a quarter of the input size) resized to the patch size ``size``, in fp32."""
         with cpu_autocast(embedding.device):
-            logits = self.head(embedding)
+            logits = self.head(self.fusion(embedding))
         return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +113,8 @@ class SAMSegmentationNetwork(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         trained = {k: v for k, v in state.items() if k != "encoder_stored"}
-        for key in ("encoder_type", "input_size", "input_mapping"):
+        trained.setdefault("channels", "stack:1")  # heads saved before channel strategies took one channel
+        for key in ("encoder_type", "input_size", "input_mapping", "channels"):
             if trained.get(key) != self.identity.get(key):
                 raise InputError(
                     f"this checkpoint was trained with {key} {trained.get(key)!r} but the plans build "
@@ -149,11 +160,7 @@ def build_sam_network(
     settings: EncoderSettings, head: str, num_input_channels: int, num_classes: int, train_encoder: bool = False
 ) -> SAMSegmentationNetwork:
     """Build the encoder (weights from its file where there is one), the head, and join them."""
-    if num_input_channels != 1:
-        raise InputError(
-            f"SAM encoders take one image channel but this dataset has {num_input_channels}: "
-            f"train on a single-channel dataset (one modality)"
-        )
+    strategy = resolve_strategy(settings.channels, num_input_channels, settings.num_channels)
     encoder_type, input_size = settings.encoder_type, settings.input_size
     family = encoders.family(encoder_type)
     family.check_input_size(encoder_type, input_size)
@@ -161,12 +168,14 @@ def build_sam_network(
     head_module = build_head(head, num_classes, family.embedding_grid(encoder_type, input_size))
     built = encoders.build_encoder(encoder_type, input_size, settings.checkpoint, frozen=not train_encoder)
     head_module.load_pretrained(built.sam_state)
-    encoder, input_mapping, path = built.encoder, built.input_mapping, built.path
+    encoder, path = built.encoder, built.path
+    channel_input, fusion = build_channel_input(strategy, num_input_channels, built.input_mapping)
     identity = {
         "encoder_type": encoder_type,
         "input_size": input_size,
-        "input_mapping": input_mapping.name,
-        "embedding_dim": EMBEDDING_DIM,
+        "input_mapping": built.input_mapping.name,
+        "channels": f"{strategy}:{num_input_channels}",
+        "embedding_dim": EMBEDDING_DIM * encoder_passes(strategy, num_input_channels),  # what embed() returns
         "checkpoint_file": path.name if path else None,
         "checkpoint_sha256": file_sha256(path) if path else None,
     }
@@ -174,8 +183,9 @@ def build_sam_network(
     # Only a frozen encoder whose weights the identity pins (by file hash) may share remembered embeddings.
     memo = None if store_encoder else EmbeddingMemo.from_environment(identity)
     return SAMSegmentationNetwork(
-        input_mapping,
+        channel_input,
         encoder,
+        fusion,
         head_module,
         identity,
         train_encoder=train_encoder,

@@ -286,7 +286,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
 
     def configure_optimizers(self):
         network = self._sam_network()
-        groups = [{"params": [p for p in network.head.parameters() if p.requires_grad], "lr": self.initial_lr}]
+        groups = [{"params": network.head_parameters(), "lr": self.initial_lr}]
         if self.train_encoder:
             groups.append(
                 {"params": list(network.encoder.parameters()), "lr": self.initial_lr * self.encoder_lr_factor}

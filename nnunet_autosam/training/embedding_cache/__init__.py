@@ -19,16 +19,17 @@ Layout, under the dataset's preprocessed folder::
 
     autosam_cache/<mode>_<encoder>_<input size>_<key>/
         manifest.json                 every field the key hashes, in clear
-        cases/<case>/embeddings.npy   (slices*K, 256, G, G) float16 (G: the encoder's embedding grid), mmap_mode="r"
+        cases/<case>/embeddings.npy   (slices*K, 256*P, G, G) float16, mmap_mode="r" (G: the encoder's
+                                      embedding grid; P: encoder passes per slice, C for separate channels)
         cases/<case>/labels.npy       (slices*K, patch_y, patch_x) uint8
         cases/<case>/case.json        completion marker: counts, source signature, exact file sizes
 
 The key is a SHA-256 over: cache format version, the encoder identity (type, input size, input
-mapping, embedding width, checkpoint file SHA-256), the precision the encoder ran in (fp32, or bf16
-under autocast: nnunet_autosam.utilities.precision), the preprocessing data identifier, the patch size, the
-mode and K (and the nnU-Net version for views, whose transforms may change with it). Any
-change gives a new folder. All cases of the dataset can be cached (so every fold shares one
-cache); training needs only the cases of its fold.
+mapping, channel strategy and count, embedding width, checkpoint file SHA-256), the precision the
+encoder ran in (fp32, or bf16 under autocast: nnunet_autosam.utilities.precision), the
+preprocessing data identifier, the patch size, the mode and K (and the nnU-Net version for views,
+whose transforms may change with it). Any change gives a new folder. All cases of the dataset can
+be cached (so every fold shares one cache); training needs only the cases of its fold.
 
 A case is the unit of work and of resumption: it is written to a temporary folder and renamed into
 place with its case.json, so a case folder is complete or absent. A case is used only if its

@@ -11,7 +11,7 @@ class CachedBatches:
     Each sample: a case uniformly at random, then one of its rows (a slice, or a view of one)
     uniformly at random; the batch positions nnU-Net forces to hold foreground (the last third, by
     its own rounding) draw only from the case's rows whose label has foreground (any row if none).
-    Yields {'embedding': (B, 256, g, g) float32, 'target': (B, 1, py, px) int16, 'keys': cases}.
+    Yields {'embedding': (B, 256*P, g, g) float32, 'target': (B, 1, py, px) int16, 'keys': cases}.
     """
 
     def __init__(self, samples: CachedSamples, batch_size: int, oversample_foreground_percent: float):

@@ -32,6 +32,7 @@ def cache_key_fields(identity: dict, data_identifier: str, patch_size, mode: Cac
         "encoder_type": identity["encoder_type"],
         "input_size": int(identity["input_size"]),
         "input_mapping": identity["input_mapping"],
+        "channels": identity["channels"],
         "embedding_dim": int(identity["embedding_dim"]),
         "checkpoint_sha256": identity.get("checkpoint_sha256"),
         "precision": precision,
@@ -194,8 +195,6 @@ class EmbeddingCache:
         signature = self._source_signature(case)
         slices, views = int(data.shape[1]), self.mode.views
         samples = slices * views
-        if data.shape[0] != 1:
-            raise InputError(f"case {case} has {data.shape[0]} channels; SAM's encoders take one")
         embedding_shape, label_shape = self._shapes(samples)
         device = next(network.parameters()).device
         self.check_manifest()

@@ -1,0 +1,113 @@
+"""Several image channels through the stock CLI: each channel strategy trains, predicts, caches and memoises.
+
+Synthetic datasets with 2 and 4 channels (each channel the same blobs in its own contrast) and the `tiny`
+encoder: plumbing, not quality.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from sam_files import write_sam_checkpoint
+
+from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
+from nnunet_autosam.utilities.commands import Workspace
+
+pytestmark = pytest.mark.slow  # nnU-Net's CLI in subprocesses
+
+SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "2", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+# A tiny SAM file: only a frozen encoder from a weights file has embeddings that the memo may keep.
+TINY = ("--encoder", "tiny", "--input-size", "128", "--batch-size", "2", "--checkpoint", "sam_tiny_test.pth")
+
+
+def _workspace(root, dataset_id: int, num_channels: int) -> Workspace:
+    workspace = Workspace(root, SHORT_SCHEDULE, {"nnUNet_SAM_weights": str(root / "weights")}, str(dataset_id))
+    (root / "weights").mkdir()
+    write_sam_checkpoint(root / "weights" / "sam_tiny_test.pth", "tiny")
+    write_synthetic_raw_dataset(
+        workspace.root / "nnUNet_raw",
+        dataset_id=dataset_id,
+        name=f"Channels{num_channels}",
+        num_patients=5,
+        cases_per_patient=1,
+        num_channels=num_channels,
+    )
+    workspace.run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "1")
+    inputs = workspace.root / "inputs"
+    inputs.mkdir()
+    for path in sorted((workspace.root / "nnUNet_raw").glob("*/imagesTr/patient01_a_*.nii.gz")):
+        (inputs / path.name).symlink_to(path)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def two_channels(tmp_path_factory):
+    return _workspace(tmp_path_factory.mktemp("two_channels"), 411, 2)
+
+
+def _predict_and_check(workspace: Workspace, trainer: str, plans: str, memo) -> None:
+    output = workspace.root / f"pred_{trainer}_{plans}"
+    workspace.env["AUTOSAM_EMBEDDING_MEMO"] = str(memo)
+    workspace.predict(workspace.root / "inputs", output, trainer, 0, plans, "cpu")
+    image = sitk.ReadImage(str(workspace.root / "inputs" / "patient01_a_0000.nii.gz"))
+    prediction = sitk.ReadImage(str(output / "patient01_a.nii.gz"))
+    assert prediction.GetSize() == image.GetSize()
+    assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "cache_mode", "embedding_channels"), [("stack", "cache", 256), ("separate", "cache_views:2", 512)]
+)
+def test_two_channels_train_from_the_cache_and_predict_with_each_strategy(
+    two_channels, strategy, cache_mode, embedding_channels
+):
+    workspace = two_channels
+    plans = workspace.plugin("plans", "411", *TINY, "--channels", strategy, "--plans-name", f"SAM_{strategy}")
+    plans = plans.strip().splitlines()[-1]
+    planned = json.loads(
+        (workspace.root / "nnUNet_preprocessed" / workspace.dataset_name / f"{plans}.json").read_text()
+    )
+    assert {"channels": strategy, "num_channels": 2}.items() <= planned["configurations"]["2d"]["sam_encoder"].items()
+
+    workspace.env["AUTOSAM_EMBEDDING_CACHE"] = cache_mode
+    workspace.train("AutoSAMTrainer", 0, plans, "cpu")
+    caches = workspace.root / "nnUNet_preprocessed" / workspace.dataset_name / "autosam_cache"
+    (folder,) = [
+        f for f in caches.iterdir() if json.loads((f / "manifest.json").read_text())["channels"] == f"{strategy}:2"
+    ]
+    embeddings = np.load(next(folder.glob("cases/*/embeddings.npy")), mmap_mode="r")
+    assert embeddings.shape[1] == embedding_channels  # one 256-channel embedding per encoder pass
+
+    memo = workspace.root / "memo"
+    _predict_and_check(workspace, "AutoSAMTrainer", plans, memo)
+    shapes = {np.load(path, mmap_mode="r").shape[1] for path in memo.rglob("*.npy")}
+    assert embedding_channels in shapes
+
+
+def test_the_strategies_never_share_a_cache_or_a_memo_entry(two_channels):
+    caches = two_channels.root / "nnUNet_preprocessed" / two_channels.dataset_name / "autosam_cache"
+    manifests = [json.loads((f / "manifest.json").read_text()) for f in caches.iterdir()]
+    if len(manifests) < 2:
+        pytest.skip("needs both strategies' training runs (the test above)")
+    assert {m["channels"] for m in manifests} == {"stack:2", "separate:2"}
+    shapes = [np.load(path, mmap_mode="r").shape[1] for path in (two_channels.root / "memo").rglob("*.npy")]
+    assert sorted(set(shapes)) == [256, 512]  # same tiles, two keys: each strategy its own entries
+
+
+def test_four_channels_default_to_separate_passes_and_stack_is_refused_in_one_line(tmp_path):
+    workspace = _workspace(tmp_path, 412, 4)
+    with pytest.raises(RuntimeError) as refused:
+        workspace.plugin("plans", "412", *TINY, "--channels", "stack")
+    last_line = str(refused.value).strip().splitlines()[-1]
+    assert "stack feeds at most 3 channels" in last_line and "--channels separate" in last_line
+    assert not list((workspace.root / "nnUNet_preprocessed").glob("*/nnUNetPlans_SAM_tiny_128.json"))
+
+    plans = workspace.plugin("plans", "412", *TINY).strip().splitlines()[-1]
+    workspace.train("SAMCNNTrainer", 0, plans, "cpu")  # encoder on the fly
+    fold = workspace.root / "nnUNet_results" / workspace.dataset_name / f"SAMCNNTrainer__{plans}__2d" / "fold_0"
+    weights = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert weights["_extra_state"]["channels"] == "separate:4"
+    assert weights["fusion.conv.weight"].shape == (256, 4 * 256, 1, 1)  # the fusion trains and travels with the head
+    _predict_and_check(workspace, "SAMCNNTrainer", plans, workspace.root / "memo")
