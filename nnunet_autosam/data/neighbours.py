@@ -236,10 +236,10 @@ def shift_images(source: Path, images_dir: Path, output_dir: Path, overwrite: bo
     dataset_json, _ = source_description(source)
     ending = dataset_json["file_ending"]
     images = images_to_predict(images_dir, ending)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise InputError(f"{output_dir} already holds files: pass --overwrite to replace it, or another --output")
     if output_dir.resolve() == images_dir.resolve():
         raise InputError(f"--output {output_dir} is the --images folder: pass another --output")
+    if output_dir.exists() and not overwrite and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise InputError(f"{output_dir} already exists: pass --overwrite to replace it, or another --output")
     training_images = [case.images[0] for case in complete_cases(source, dataset_json, "Tr")]
     with itk_warnings_off():
         axis = slicing_axis(source, training_images)
