@@ -177,6 +177,27 @@ MUTANTS = [
         ("tests/test_holdout.py::test_strata_spread_the_test_set_over_them",),
     ),
     Mutant(
+        "neighbours wrap around at the edges instead of replicating the edge slice",
+        "nnunet_autosam/data/neighbours.py",
+        "np.clip(slices + offset, 0, slices[-1])",
+        "(slices + offset) % len(slices)",
+        ("tests/test_neighbours.py::test_each_channel_holds_the_neighbouring_slices_and_labels_are_unchanged",),
+    ),
+    Mutant(
+        "neighbours' axis from SimpleITK's spacing order (x, y, z) taken as the array's (z, y, x)",
+        "nnunet_autosam/data/neighbours.py",
+        "spacings.append(header.GetSpacing()[::-1])",
+        "spacings.append(header.GetSpacing())",
+        ("tests/test_neighbours.py::test_each_channel_holds_the_neighbouring_slices_and_labels_are_unchanged",),
+    ),
+    Mutant(
+        "neighbours' axis from the plans' last transposed axis",
+        "nnunet_autosam/data/neighbours.py",
+        "axis = int(transpose_forward[0])",
+        "axis = int(transpose_forward[-1])",
+        ("tests/test_neighbours.py::test_the_axis_comes_from_the_plans_when_the_source_is_planned",),
+    ),
+    Mutant(
         "evaluation's HD95 computed in voxels instead of mm",
         "nnunet_autosam/evaluation/metrics.py",
         "float(hd95(pred_mask, ref_mask, voxelspacing=spacing))",
