@@ -57,7 +57,8 @@ def find_cases(images_dir: Path, file_ending: str, channel: int = 0) -> dict[str
             f"images folder {images_dir} not found: pass -i the folder holding CASE_{wanted}{file_ending} "
             f"files (nnU-Net raw naming)"
         )
-    cases, other_channels = {}, {}
+    cases: dict[str, Path] = {}
+    other_channels: set[str] = set()
     for path in sorted(images_dir.glob(f"*{file_ending}")):
         match = RAW_IMAGE_NAME.fullmatch(path.name[: -len(file_ending)])
         if match is None:
@@ -68,8 +69,8 @@ def find_cases(images_dir: Path, file_ending: str, channel: int = 0) -> dict[str
         if match["channel"] == wanted:
             cases[match["case"]] = path
         else:
-            other_channels.setdefault(match["case"], path)
-    missing = sorted(set(other_channels) - set(cases))
+            other_channels.add(match["case"])
+    missing = sorted(other_channels - set(cases))
     if cases and missing:
         raise InputError(
             f"{images_dir / f'{missing[0]}_{wanted}{file_ending}'} is missing: case {missing[0]} has other "
