@@ -97,10 +97,14 @@ def write_synthetic_raw_dataset(
     shape=(4, 40, 56),
     num_classes: int = 3,
     seed: int = 0,
+    num_channels: int = 1,
 ) -> Path:
     """An nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json; no imagesTs) that is not ACDC-shaped:
     ``num_classes`` foreground classes, non-square slices, and cases named ``patientNN_<letter>``,
-    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Returns its folder."""
+    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Returns its folder.
+
+    With ``num_channels`` > 1, channel c is the same blobs brighter and noisier (as a second MRI sequence
+    would differ), from its own random stream, so that channel 0 stays what a one-channel dataset holds."""
     folder = Path(raw_folder) / f"Dataset{dataset_id:03d}_{name}"
     rng = np.random.default_rng(seed)
     for subfolder in ("imagesTr", "labelsTr"):
@@ -110,10 +114,14 @@ def write_synthetic_raw_dataset(
             case = f"patient{patient:02d}_{chr(ord('a') + visit)}"
             image, labels = _blobs(rng, shape, num_classes)
             _write(image, folder / "imagesTr" / f"{case}_0000.nii.gz")
+            for channel in range(1, num_channels):
+                noise = np.random.default_rng([seed, patient, visit, channel]).normal(0, 0.05 * channel, shape)
+                other = (image * (1 + channel) + noise).astype(np.float32)
+                _write(other, folder / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
             _write(labels, folder / "labelsTr" / f"{case}.nii.gz")
     classes = {"background": 0, **{f"blob{label}": label for label in range(1, num_classes + 1)}}
     dataset = {
-        "channel_names": {"0": "synthetic"},
+        "channel_names": {"0": "synthetic", **{str(c): f"synthetic{c}" for c in range(1, num_channels)}},
         "labels": classes,
         "numTraining": num_patients * cases_per_patient,
         "file_ending": ".nii.gz",
