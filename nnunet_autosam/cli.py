@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "nnunet_autosam.run.doctor",
     "nnunet_autosam.experiment_planning.plans",
     "nnunet_autosam.data.conversion",
+    "nnunet_autosam.data.brats",
     "nnunet_autosam.data.neighbours",
     "nnunet_autosam.data.verify",
     "nnunet_autosam.data.splits",

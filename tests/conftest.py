@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from nnunet_autosam.data.brats import TRAINING_FOLDER, default_brats_folder
 from nnunet_autosam.data.conversion import default_acdc_folder
 
 
@@ -15,6 +16,16 @@ def acdc_dir() -> Path:
     root = acdc_root()
     if not (root / "training").is_dir():
         pytest.skip(f"ACDC data not found at {root} (set NNUNET_AUTOSAM_ACDC to the folder holding training/)")
+    return root
+
+
+@pytest.fixture
+def brats_dir() -> Path:
+    root = default_brats_folder()
+    if not (root / TRAINING_FOLDER).is_dir():
+        pytest.skip(
+            f"BraTS 2015 sample not found at {root} (set NNUNET_AUTOSAM_BRATS to the folder holding {TRAINING_FOLDER}/)"
+        )
     return root
 
 

@@ -1,14 +1,17 @@
 """The comparison's protocol without training: every head in the method table, shards balanced by cost and
-ordered cheap first, and the claims the published table checks."""
+ordered cheap first, the claims the published table checks, and the commands it prepares a dataset with."""
 
 from types import SimpleNamespace
 
 import pytest
 
+from nnunet_autosam import cli
 from nnunet_autosam.comparison import protocol
 from nnunet_autosam.comparison.publish import claims
+from nnunet_autosam.comparison.runs import Experiment
+from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
 from nnunet_autosam.model.heads import HEADS
-from nnunet_autosam.utilities.commands import FULL_FT_TRAINER
+from nnunet_autosam.utilities.commands import FULL_FT_TRAINER, STOCK_PLANS, Workspace
 
 
 def test_the_method_table_has_nnunet_every_registered_head_and_ft_all():
@@ -65,3 +68,28 @@ def test_the_table_says_whether_each_claim_holds(tmp_path, autosam, nnunet, verd
     assert claims(without_bar, report).splitlines()[2:] == [lines[3], ""]
     report.write_text("budget,folder,n_seeds,mean_Dice_mean\n" + "".join(f"{b},{f},3,{d}\n" for b, f, d in rows[1:]))
     assert "Not measured" in claims(args, report)
+
+
+def prepared_commands(tmp_path, monkeypatch, *options) -> list:
+    """The commands compare's preparation logs for a 2-channel dataset, none of them run (commands.log)."""
+    source = write_synthetic_raw_dataset(
+        tmp_path / "raw", num_patients=3, cases_per_patient=1, shape=(2, 8, 12), num_channels=2
+    )
+    output = tmp_path / "out"
+    monkeypatch.setattr(Workspace, "run", lambda self, *command: "nnUNetPlans_SAM_tiny_64\n")
+    monkeypatch.setattr(Experiment, "stock_plans", lambda self, batch_size: STOCK_PLANS)
+    smoke = ["--holdout", "1", "--encoder", "tiny", "--val-patients", "1", "--budgets", "1", "--seeds", "1"]
+    Experiment(
+        cli.build_parser().parse_args(["compare", str(source), "--output", str(output), *smoke, *options])
+    ).prepare()
+    return (output / "commands.log").read_text().splitlines()
+
+
+def test_channels_reach_the_sam_plans_only_when_asked(tmp_path, monkeypatch):
+    commands = prepared_commands(tmp_path / "separate", monkeypatch, "--channels", "separate")
+    (plans,) = [line for line in commands if line.startswith("nnunet-autosam plans")]
+    assert plans == "nnunet-autosam plans 902 --encoder tiny --embedding-cache cache --channels separate --batch-size 4"
+    default = prepared_commands(tmp_path / "default", monkeypatch)
+    assert [line for line in default if line.startswith("nnunet-autosam plans")] == [
+        plans.replace(" --channels separate", "")
+    ]

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from nnunet_autosam.comparison.dataset import plan_dataset
 from nnunet_autosam.comparison.holdout import derive_holdout
@@ -126,7 +128,7 @@ def test_compare_names_what_is_wrong_before_writing_anything(nnunet_env, tmp_pat
     refused("--test-images and --test-labels go together", compare_args("402", holdout=None, test_images=tmp_path))
     description = json.loads((source / "dataset.json").read_text())
     (source / "dataset.json").write_text(json.dumps({**description, "channel_names": {"0": "T1", "1": "T2"}}))
-    refused("2 input channels, but SAM's encoders take one .*: pass --methods nnunet", compare_args("402"))
+    refused("patient01_a_0001.nii.gz is missing: case patient01_a has other channels", compare_args("402"))
     regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3]}
     (source / "dataset.json").write_text(json.dumps({**description, "labels": regions, "regions_class_order": [1, 2]}))
     refused("region-based labels .* pass --methods nnunet", compare_args("402"))
@@ -146,6 +148,32 @@ def test_test_folders_must_pair_every_image_with_its_label(nnunet_env, tmp_path)
     (other / "labelsTr" / "patient01_a.nii.gz").unlink()
     with pytest.raises(InputError, match="do not hold the same cases \\(e.g. patient01_a\\)"):
         plan_dataset(args, tmp_path / "out" / "nnUNet_raw", Grouping())
+
+
+def test_a_two_channel_dataset_is_checked_held_out_and_tested_with_every_channel(nnunet_env, tmp_path):
+    source = write_synthetic_raw_dataset(
+        nnunet_env["nnUNet_raw"], num_patients=3, cases_per_patient=1, shape=(2, 8, 12), num_channels=2
+    )
+    first, second = (sitk.ReadImage(str(source / "imagesTr" / f"patient01_a_{c:04d}.nii.gz")) for c in (0, 1))
+    assert not np.array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(second))
+    working = tmp_path / "out" / "nnUNet_raw"
+    assert plan_dataset(compare_args("402"), working, Grouping()).test_kind == "holdout"  # SAM methods included
+
+    target = derive_holdout(source, 1, 502)
+    for suffix in ("Tr", "Ts"):
+        names = sorted(p.name for p in (target / f"images{suffix}").iterdir())
+        assert names == [
+            f"{case}_{c:04d}.nii.gz" for case in sorted(cases_in(target / f"labels{suffix}")) for c in (0, 1)
+        ]
+
+    tests = write_synthetic_raw_dataset(
+        tmp_path / "tests", num_patients=2, cases_per_patient=1, shape=(2, 8, 12), num_channels=2
+    )
+    args = compare_args("502", holdout=None, test_images=tests / "imagesTr", test_labels=tests / "labelsTr")
+    assert plan_dataset(args, working, Grouping()).test_kind == "folders"
+    (tests / "imagesTr" / "patient02_a_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match="imagesTr/patient02_a_0001.nii.gz is missing: every test case needs all 2"):
+        plan_dataset(args, working, Grouping())
 
 
 def acdc_reproduction(acdc_dir: Path, count: int, budgets, val_patients: int) -> tuple:

@@ -236,13 +236,21 @@ def test_missing_reference_labels_are_an_input_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_images_folder_and_second_channel_are_input_errors(tmp_path):
+def test_missing_images_folder_and_a_missing_channel_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="images folder .* not found"):
         zero_shot.predict_zero_shot(tmp_path / "nowhere", tmp_path / "out", [tmp_path], "tiny", 128)
     write_synthetic_case(tmp_path, "synth_001", synthetic_reference())
+    write_synthetic_case(tmp_path, "synth_002", synthetic_reference())
     shutil.copyfile(tmp_path / "images/synth_001_0000.nii.gz", tmp_path / "images/synth_001_0001.nii.gz")
-    with pytest.raises(InputError, match="multi-channel"):
-        zero_shot.predict_zero_shot(tmp_path / "images", tmp_path / "out", [tmp_path / "labels"], "tiny", 128)
+    with pytest.raises(InputError, match="synth_002_0001.nii.gz is missing: case synth_002 has other channels"):
+        zero_shot.predict_zero_shot(
+            tmp_path / "images", tmp_path / "out", [tmp_path / "labels"], "tiny", 128, channel=1
+        )
+    with pytest.raises(InputError, match="holds no CASE_0002.nii.gz images"):
+        zero_shot.predict_zero_shot(
+            tmp_path / "images", tmp_path / "out", [tmp_path / "labels"], "tiny", 128, channel=2
+        )
+    assert not (tmp_path / "out").exists()
 
 
 def synthetic_raw_dataset(raw, channels=("MRI",)):
@@ -263,24 +271,31 @@ def synthetic_raw_dataset(raw, channels=("MRI",)):
     return folder
 
 
-def test_a_multi_channel_dataset_is_an_input_error(nnunet_env):
+def test_sam_sees_the_chosen_channel_of_a_multi_channel_dataset(nnunet_env, monkeypatch, capsys):
     folder = synthetic_raw_dataset(nnunet_env["nnUNet_raw"], channels=("T1", "T2"))
-    with pytest.raises(InputError, match="2 image channels"):
-        cli.main(
-            [
-                "zero-shot",
-                "-d",
-                "901",
-                "-i",
-                str(folder / "imagesTr"),
-                "-o",
-                str(folder / "out"),
-                "--encoder",
-                "tiny",
-                "--input-size",
-                "128",
-            ]
-        )
+    second_channels = {}
+    for case in ("synth_a", "synth_b"):
+        first = sitk.ReadImage(str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
+        second = -(sitk.GetArrayFromImage(first) ** 2)  # another image on the same grid
+        write_volume(second, folder / "imagesTr" / f"{case}_0001.nii.gz", first)
+        second_channels[case] = second
+    seen = []
+
+    def record(segmenter, volume, reference, *args):
+        seen.append(volume)
+        return np.zeros(reference.shape, np.uint8)
+
+    monkeypatch.setattr(zero_shot, "segment_volume", record)
+    command = ["zero-shot", "-d", "901", "-i", str(folder / "imagesTr"), "-o", str(folder / "out")]
+    command += ["--encoder", "tiny", "--input-size", "128", "--device", "cpu"]
+    cli.main([*command, "--channel", "1"])
+    assert "from channel 1 (T2) of each case, other channels ignored" in capsys.readouterr().out
+    assert len(seen) == 2
+    for volume, case in zip(seen, ("synth_a", "synth_b")):
+        second = second_channels[case]
+        assert np.allclose(volume, (second - second.mean()) / second.std(), atol=1e-4)
+    with pytest.raises(InputError, match="--channel 2 is not a channel of Dataset901_Synth, whose dataset.json has 2"):
+        cli.main([*command, "--channel", "2"])
 
 
 # --- the command --------------------------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ def uses_sam(methods) -> list:
     return [m for m in methods if m == ZERO_SHOT or METHODS[m].sam_plans]
 
 
-def check_labels_and_channels(source: Path, dataset_json: dict, methods) -> None:
-    """What SAM's encoders and heads cannot take, named before anything runs."""
+def check_labels_for_sam(source: Path, dataset_json: dict, methods) -> None:
+    """What SAM's heads cannot take, named before anything runs (several channels they take: plans --channels)."""
     sam_methods = uses_sam(methods)
     if not sam_methods:
         return
@@ -70,28 +70,33 @@ def check_labels_and_channels(source: Path, dataset_json: dict, methods) -> None
             f"heads ({', '.join(sam_methods)}) predict one label per pixel: pass --methods nnunet, or convert "
             f"the labels to one integer per class"
         )
-    channels = num_channels_of(dataset_json)
-    if channels != 1:
-        raise InputError(
-            f"{source.name} has {channels} input channels, but SAM's encoders take one image channel "
-            f"({', '.join(sam_methods)}): pass --methods nnunet, or make a single-channel dataset (one modality)"
-        )
 
 
-def check_test_folders(images: Path, labels: Path) -> None:
-    """Every test image named CASE_0000 with a label of its case, and no label without an image."""
+def check_test_folders(images: Path, labels: Path, dataset_json: dict) -> None:
+    """Every test case with all the dataset's channels (CASE_0000 ...) and its label, no label without an image."""
     for folder, flag in ((images, "--test-images"), (labels, "--test-labels")):
         if not folder.is_dir():
             raise InputError(f"{flag} {folder} is not a folder: pass the folder of test images and of their labels")
-    ending = ".nii.gz"
-    image_cases = {match["case"] for stem in list_cases(images, ending) if (match := RAW_IMAGE_NAME.fullmatch(stem))}
-    label_cases = set(list_cases(labels, ending))
+    ending = dataset_json["file_ending"]
+    channels: dict[str, set] = {}
+    for stem in list_cases(images, ending):
+        if match := RAW_IMAGE_NAME.fullmatch(stem):
+            channels.setdefault(match["case"], set()).add(int(match["channel"]))
+    image_cases, label_cases = set(channels), set(list_cases(labels, ending))
     if not image_cases or image_cases != label_cases:
         odd = sorted(image_cases ^ label_cases) or ["(none found)"]
         raise InputError(
             f"{images} and {labels} do not hold the same cases (e.g. {odd[0]}): give every CASE_0000{ending} "
             f"image its CASE{ending} label"
         )
+    num_channels = num_channels_of(dataset_json)
+    for case, found in sorted(channels.items()):
+        missing = [channel for channel in range(num_channels) if channel not in found]
+        if missing:
+            raise InputError(
+                f"{images / f'{case}_{missing[0]:04d}{ending}'} is missing: every test case needs all "
+                f"{num_channels} channels of the dataset (CASE_0000{ending} to CASE_{num_channels - 1:04d}{ending})"
+            )
 
 
 def plan_dataset(args, working_raw: Path, grouping: Grouping) -> Plan:
@@ -108,7 +113,7 @@ def plan_dataset(args, working_raw: Path, grouping: Grouping) -> Plan:
             f"{source / 'dataset.json'} lacks {', '.join(missing)}: write nnU-Net v2's dataset.json "
             f"(nnunetv2.dataset_conversion.generate_dataset_json)"
         )
-    check_labels_and_channels(source, dataset_json, args.methods)
+    check_labels_for_sam(source, dataset_json, args.methods)
     cases = [case.name for case in complete_cases(source, dataset_json, "Tr")]
     units = dataset_units(source, cases, grouping)
     needed = (args.holdout or 0) + args.val_patients + max(args.budgets)
@@ -125,7 +130,7 @@ def plan_dataset(args, working_raw: Path, grouping: Grouping) -> Plan:
     folder = working_raw / source.name
     if args.test_images:
         images, labels = Path(args.test_images).resolve(), Path(args.test_labels).resolve()
-        check_test_folders(images, labels)
+        check_test_folders(images, labels, dataset_json)
         return Plan(source, folder, TEST_FOLDERS, images, labels)
     own_labels = source / "labelsTs"
     if not (own_labels.is_dir() and list_cases(own_labels, dataset_json["file_ending"])):

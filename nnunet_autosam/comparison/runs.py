@@ -18,6 +18,8 @@ Protocol, fixed before anything trains:
 - schedule: every trained method the same iterations and batch size. ``cpu`` (default): 10 epochs x 20 iterations
   at batch 4, CNN and ft-all on seed 0 only. ``full``: nnU-Net's own 1000 x 250 iterations at its planned 2d
   batch size, every method on every seed (for a GPU);
+- channels: every channel of a multi-channel dataset reaches nnU-Net and the SAM heads (``--channels stack`` or
+  ``separate`` chooses how the encoder takes them, through ``plans --channels``); zero-shot prompts channel 0;
 - the frozen-encoder heads train from the embedding cache; test predictions are nnUNetv2_predict without
   test-time mirroring, whose frozen-encoder passes are shared by every method and fold through
   ``AUTOSAM_EMBEDDING_MEMO`` (the same labels, tested); scores are ``nnunet-autosam report``.
@@ -58,6 +60,8 @@ from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.commands import STOCK_PLANS
 from nnunet_autosam.utilities.shards import parse_shard
 
+CHANNEL_MODES = ("stack", "separate")  # nnunet-autosam plans --channels
+
 
 class Experiment:
     def __init__(self, args):
@@ -87,6 +91,7 @@ class Experiment:
             elif plan.folder.resolve() != plan.source:
                 self.workspace.run("ln", "-sfn", str(plan.source), str(plan.folder))
             encoder_args = ["--encoder", self.args.encoder, "--embedding-cache", "cache", *self.input_size_args()]
+            encoder_args += ["--channels", self.args.channels] if self.args.channels else []
             batch_args = ["--batch-size", str(self.schedule.batch_size)] if self.schedule.batch_size else []
             sam_plans = self.workspace.plan(encoder_args + batch_args)
             batch_size = self.schedule.batch_size or self.planned_batch_size()
@@ -285,6 +290,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*METHODS, ZERO_SHOT])
     parser.add_argument("--encoder", default="lite_medsam", choices=encoders.encoder_types())
     parser.add_argument("--input-size", type=int, help="encoder input size (default: the encoder's preset)")
+    parser.add_argument(
+        "--channels",
+        choices=CHANNEL_MODES,
+        help="how the SAM methods take several channels, passed to plans --channels: stack (up to 3 as the "
+        "encoder's R, G, B) or separate (each through the encoder, fused) (default: the plans' own)",
+    )
     parser.add_argument("--schedule", choices=SCHEDULES, default="cpu")
     parser.add_argument("--epochs", type=int, help="override the schedule's epochs (e.g. for a smoke test)")
     parser.add_argument("--iters", type=int, help="override the schedule's iterations per epoch")

@@ -39,12 +39,17 @@ DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 ACDC_ENV = "NNUNET_AUTOSAM_ACDC"  # where tests and benchmarks find ACDC
 
 
-def default_acdc_folder() -> Path:
-    """$NNUNET_AUTOSAM_ACDC, else ../shared/data/acdc beside the source checkout (this project's data layout)."""
-    if os.environ.get(ACDC_ENV):
-        return Path(os.environ[ACDC_ENV])
+def shared_data_folder(variable: str, name: str) -> Path:
+    """$``variable``, else ../shared/data/``name`` beside the source checkout (this project's data layout)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
     checkout = source_checkout() or Path.cwd()
-    return checkout.parent / "shared" / "data" / "acdc"
+    return checkout.parent / "shared" / "data" / name
+
+
+def default_acdc_folder() -> Path:
+    """$NNUNET_AUTOSAM_ACDC, else ../shared/data/acdc."""
+    return shared_data_folder(ACDC_ENV, "acdc")
 
 
 INFO_INT_KEYS = ("ED", "ES", "NbFrame")

@@ -101,9 +101,10 @@ def write_synthetic_raw_dataset(
 ) -> Path:
     """An nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json; no imagesTs) that is not ACDC-shaped:
     ``num_classes`` foreground classes, non-square slices, and cases named ``patientNN_<letter>``,
-    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Channels after
-    the first show the same blobs in their own contrast (inverted, scaled, own noise), as MRI sequences
-    do. Returns its folder."""
+    ``cases_per_patient`` of them per patient (time points of one patient, to be grouped). Returns its folder.
+
+    With ``num_channels`` > 1, channel c is the same blobs brighter and noisier (as a second MRI sequence
+    would differ), from its own random stream, so that channel 0 stays what a one-channel dataset holds."""
     folder = Path(raw_folder) / f"Dataset{dataset_id:03d}_{name}"
     rng = np.random.default_rng(seed)
     for subfolder in ("imagesTr", "labelsTr"):
@@ -114,12 +115,13 @@ def write_synthetic_raw_dataset(
             image, labels = _blobs(rng, shape, num_classes)
             _write(image, folder / "imagesTr" / f"{case}_0000.nii.gz")
             for channel in range(1, num_channels):
-                contrast = (1.0 - image) * (0.5 + 0.5 * channel) + rng.normal(0, 0.05, image.shape)
-                _write(contrast.astype(np.float32), folder / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
+                noise = np.random.default_rng([seed, patient, visit, channel]).normal(0, 0.05 * channel, shape)
+                other = (image * (1 + channel) + noise).astype(np.float32)
+                _write(other, folder / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
             _write(labels, folder / "labelsTr" / f"{case}.nii.gz")
     classes = {"background": 0, **{f"blob{label}": label for label in range(1, num_classes + 1)}}
     dataset = {
-        "channel_names": {"0": "synthetic", **{str(c): f"synthetic contrast {c}" for c in range(1, num_channels)}},
+        "channel_names": {"0": "synthetic", **{str(c): f"synthetic{c}" for c in range(1, num_channels)}},
         "labels": classes,
         "numTraining": num_patients * cases_per_patient,
         "file_ending": ".nii.gz",

@@ -20,6 +20,9 @@ Per case:
    0 (ties go to the lower label), background where none is above 0. With ``clip_to_box`` a
    class's logits outside its own box count as below 0 (off by default: SAM's raw output).
 
+A multi-channel case (several MRI sequences) is prompted on one channel, ``channel`` (default 0), as its
+grey image; SAM's prompt model takes one image, so the other channels are ignored.
+
 Slices stay at their native resolution (no resampling to the plans' spacing); slices without
 reference foreground are left background without running SAM.
 """
@@ -46,29 +49,38 @@ from nnunet_autosam.utilities.nnunet_paths import RAW_IMAGE_NAME, nnunet_folder,
 DEFAULT_FILE_ENDING = ".nii.gz"
 
 
-def find_cases(images_dir: Path, file_ending: str) -> dict[str, Path]:
-    """CASE -> its CASE_0000 image, in nnU-Net raw naming; a second channel is refused (SAM takes one)."""
+def find_cases(images_dir: Path, file_ending: str, channel: int = 0) -> dict[str, Path]:
+    """CASE -> its image of ``channel`` (CASE_XXXX in nnU-Net raw naming); the other channels are ignored."""
+    wanted = f"{channel:04d}"
     if not images_dir.is_dir():
         raise InputError(
-            f"images folder {images_dir} not found: pass -i the folder holding CASE_0000{file_ending} "
+            f"images folder {images_dir} not found: pass -i the folder holding CASE_{wanted}{file_ending} "
             f"files (nnU-Net raw naming)"
         )
-    cases = {}
+    cases: dict[str, Path] = {}
+    other_channels: set[str] = set()
     for path in sorted(images_dir.glob(f"*{file_ending}")):
         match = RAW_IMAGE_NAME.fullmatch(path.name[: -len(file_ending)])
         if match is None:
             raise InputError(
-                f"{path.name} in {images_dir} is not named CASE_0000{file_ending}: use nnU-Net raw "
-                f"naming (CASE_XXXX{file_ending}, XXXX the channel)"
+                f"{path.name} in {images_dir} is not named CASE_XXXX{file_ending}: use nnU-Net raw "
+                f"naming (XXXX the channel)"
             )
-        if match["channel"] != "0000":
-            raise InputError(
-                f"{path.name} is channel {match['channel']} of a multi-channel case, but SAM takes one "
-                f"image channel: use a single-channel dataset (one modality)"
-            )
-        cases[match["case"]] = path
+        if match["channel"] == wanted:
+            cases[match["case"]] = path
+        else:
+            other_channels.add(match["case"])
+    missing = sorted(other_channels - set(cases))
+    if cases and missing:
+        raise InputError(
+            f"{images_dir / f'{missing[0]}_{wanted}{file_ending}'} is missing: case {missing[0]} has other "
+            f"channels; give every case channel {channel}"
+        )
     if not cases:
-        raise InputError(f"{images_dir} holds no CASE_0000{file_ending} images: pass -i the folder with the images")
+        raise InputError(
+            f"{images_dir} holds no CASE_{wanted}{file_ending} images: pass -i the folder with the images "
+            f"(and a --channel that its cases have)"
+        )
     return cases
 
 
@@ -136,8 +148,9 @@ def predict_zero_shot(
     device: str | None = None,
     clip_to_box: bool = False,
     file_ending: str = DEFAULT_FILE_ENDING,
+    channel: int = 0,
 ) -> list[Path]:
-    """Segment every CASE_0000 image in ``images_dir`` with box-prompted SAM into ``output_dir``/CASE.
+    """Segment channel ``channel`` of every case in ``images_dir`` with box-prompted SAM into ``output_dir``/CASE.
 
     Each case's boxes come from CASE in the first of ``label_dirs`` that holds it (ground truth:
     an oracle-prompt baseline). Jitter is seeded per case from ``seed`` and the case name, so a
@@ -150,7 +163,7 @@ def predict_zero_shot(
     images_dir, output_dir = Path(images_dir), Path(output_dir)
     cases = {
         case: (image, find_reference(case, label_dirs, file_ending))
-        for case, image in find_cases(images_dir, file_ending).items()
+        for case, image in find_cases(images_dir, file_ending, channel).items()
     }
     for files in cases.values():  # every input complete before the first prediction is written
         for file in files:
@@ -168,24 +181,24 @@ def predict_zero_shot(
     return written
 
 
-def raw_dataset_file_ending(raw_folder: Path) -> str:
-    """The dataset's file ending, once its dataset.json shows one image channel (SAM takes one)."""
+def dataset_channel(raw_folder: Path, channel: int) -> tuple[str, str]:
+    """(the dataset's file ending, the name of its channel ``channel``), once dataset.json shows that channel."""
     path = raw_folder / "dataset.json"
     if not path.is_file():
         raise InputError(f"{path} not found: zero-shot reads the raw dataset; convert it into $nnUNet_raw first")
     info = json.loads(path.read_text(encoding="utf-8"))
     channels = info.get("channel_names") or info.get("modality") or {}
-    if len(channels) != 1:
+    if str(channel) not in channels:
         raise InputError(
-            f"{raw_folder.name} has {len(channels)} image channels but SAM takes one: "
-            f"use a single-channel dataset (one modality)"
+            f"--channel {channel} is not a channel of {raw_folder.name}, whose dataset.json has "
+            f"{len(channels)}: pick one of {', '.join(sorted(channels)) or 'none'}"
         )
-    return info.get("file_ending", DEFAULT_FILE_ENDING)
+    return info.get("file_ending", DEFAULT_FILE_ENDING), channels[str(channel)]
 
 
 def run(args) -> None:
     raw_folder = nnunet_folder("nnUNet_raw") / resolve_dataset(args.dataset)
-    file_ending = raw_dataset_file_ending(raw_folder)
+    file_ending, channel_name = dataset_channel(raw_folder, args.channel)
     label_dirs = [args.labels_dir] if args.labels_dir else [raw_folder / "labelsTr", raw_folder / "labelsTs"]
     written = predict_zero_shot(
         args.images,
@@ -200,10 +213,12 @@ def run(args) -> None:
         args.device,
         args.clip_to_box,
         file_ending,
+        args.channel,
     )
     print(
-        f"Wrote {len(written)} predictions to {args.output}. The boxes came from the reference labels: "
-        f"an oracle-prompt baseline, not a fair competitor."
+        f"Wrote {len(written)} predictions to {args.output} from channel {args.channel} ({channel_name}) of each "
+        f"case, other channels ignored. The boxes came from the reference labels: an oracle-prompt baseline, "
+        f"not a fair competitor."
     )
 
 
@@ -214,10 +229,18 @@ def add_parser(subparsers) -> None:
         description="Segment each image with SAM's own prompt encoder and mask decoder, prompted per 2D slice "
         "with one tight box per foreground class taken from the REFERENCE labels. The boxes are "
         "ground truth, so this is an oracle-prompt (upper-bound style) baseline, not a fair "
-        "competitor. Overlaps go to the class with the highest logit above 0.",
+        "competitor. Overlaps go to the class with the highest logit above 0. SAM sees one channel of "
+        "each case (--channel).",
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_NAME in $nnUNet_raw")
-    parser.add_argument("-i", "--images", type=Path, required=True, help="folder of CASE_0000 images")
+    parser.add_argument("-i", "--images", type=Path, required=True, help="folder of CASE_XXXX images")
+    parser.add_argument(
+        "--channel",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the channel SAM sees as its grey image (CASE_000K); the other channels are ignored (default: 0)",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the CASE predictions")
     parser.add_argument(
         "--encoder", default="vit_b", choices=encoders.encoder_types(), help="encoder type (default: vit_b)"
