@@ -1,7 +1,7 @@
 """Several image channels through the stock CLI: each channel strategy trains, predicts, caches and memoises.
 
-Synthetic datasets with 2 and 4 channels (each channel the same blobs in its own contrast) and the `tiny`
-encoder: plumbing, not quality.
+Synthetic datasets with 2 and 4 channels (each channel the same blobs in its own contrast), and a 2.5D
+dataset of `nnunet-autosam neighbours`, with the `tiny` encoder: plumbing, not quality.
 """
 
 import json
@@ -111,3 +111,24 @@ def test_four_channels_default_to_separate_passes_and_stack_is_refused_in_one_li
     assert weights["_extra_state"]["channels"] == "separate:4"
     assert weights["fusion.conv.weight"].shape == (256, 4 * 256, 1, 1)  # the fusion trains and travels with the head
     _predict_and_check(workspace, "SAMCNNTrainer", plans, workspace.root / "memo")
+
+
+def test_a_neighbours_dataset_trains_on_stacked_slices_and_predicts_shifted_images(tmp_path):
+    workspace = _workspace(tmp_path, 413, 1)
+    workspace.plugin("neighbours", "413", "-d", "414")
+    workspace.dataset = "414"
+    workspace.run("nnUNetv2_plan_and_preprocess", "-d", "414", "-c", "2d", "-np", "1")
+    plans = workspace.plugin("plans", "414", *TINY).strip().splitlines()[-1]
+    planned = json.loads(
+        (workspace.root / "nnUNet_preprocessed" / workspace.dataset_name / f"{plans}.json").read_text()
+    )
+    encoder = planned["configurations"]["2d"]["sam_encoder"]
+    assert (encoder["channels"], encoder["num_channels"]) == ("stack", 3)  # one pass: the slices as R, G, B
+
+    workspace.train("SAMLinearTrainer", 0, plans, "cpu")
+    shifted = tmp_path / "inputs_2p5d"
+    workspace.plugin("neighbours", "413", "--images", str(tmp_path / "inputs"), "--output", str(shifted))
+    output = tmp_path / "pred_2p5d"
+    workspace.predict(shifted, output, "SAMLinearTrainer", 0, plans, "cpu")
+    image = sitk.ReadImage(str(tmp_path / "inputs" / "patient01_a_0000.nii.gz"))
+    assert sitk.ReadImage(str(output / "patient01_a.nii.gz")).GetSize() == image.GetSize()

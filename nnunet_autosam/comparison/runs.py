@@ -55,12 +55,11 @@ from nnunet_autosam.comparison.protocol import (
 from nnunet_autosam.comparison.provenance import LoggedWorkspace, machine, now
 from nnunet_autosam.data.grouping import add_grouping_arguments, grouping_from_args
 from nnunet_autosam.model import encoders
+from nnunet_autosam.model.channel_input import STRATEGIES
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
 from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.commands import STOCK_PLANS
 from nnunet_autosam.utilities.shards import parse_shard
-
-CHANNEL_MODES = ("stack", "separate")  # nnunet-autosam plans --channels
 
 
 class Experiment:
@@ -292,9 +291,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--input-size", type=int, help="encoder input size (default: the encoder's preset)")
     parser.add_argument(
         "--channels",
-        choices=CHANNEL_MODES,
+        choices=STRATEGIES,
         help="how the SAM methods take several channels, passed to plans --channels: stack (up to 3 as the "
-        "encoder's R, G, B) or separate (each through the encoder, fused) (default: the plans' own)",
+        "encoder's R, G, B) or separate (each through the encoder, fused) (default: plans' default for the "
+        "channel count)",
     )
     parser.add_argument("--schedule", choices=SCHEDULES, default="cpu")
     parser.add_argument("--epochs", type=int, help="override the schedule's epochs (e.g. for a smoke test)")

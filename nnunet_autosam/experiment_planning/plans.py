@@ -18,7 +18,7 @@ from pathlib import Path
 from nnunet_autosam.data.verify import num_channels_of
 from nnunet_autosam.experiment_planning.settings import parse_mode
 from nnunet_autosam.model import encoders
-from nnunet_autosam.model.channel_input import STRATEGIES, resolve_strategy
+from nnunet_autosam.model.channel_input import STACK, STRATEGIES, resolve_strategy
 from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.nnunet_paths import preprocessed_folder, source_checkout
@@ -75,6 +75,12 @@ def make_sam_plans(
     return plans
 
 
+def default_channels(dataset_json: dict) -> str | None:
+    """stack for a 2.5D dataset of ``nnunet-autosam neighbours``: its channels are one slice and its neighbours,
+    one picture's R, G, B in one pass; None (the default for the channel count) for any other."""
+    return STACK if "neighbours_axis" in (dataset_json.get("derived_from") or {}) else None
+
+
 def write_sam_plans(
     dataset: str,
     encoder_type: str,
@@ -98,6 +104,7 @@ def write_sam_plans(
         raise InputError(
             f"{source_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration} first"
         )
+    dataset_json = json.loads((folder / "dataset.json").read_text()) if (folder / "dataset.json").is_file() else {}
     plans_name = plans_name or f"{source_plans}_SAM_{encoder_type}_{input_size}"
     plans = make_sam_plans(
         json.loads(source_file.read_text()),
@@ -108,10 +115,8 @@ def write_sam_plans(
         checkpoint,
         plans_name,
         embedding_cache,
-        num_channels_of(json.loads((folder / "dataset.json").read_text()))
-        if (folder / "dataset.json").is_file()
-        else 1,
-        channels,
+        num_channels_of(dataset_json),
+        channels or default_channels(dataset_json),
     )
     write_json(plans, folder / f"{plans_name}.json")
     return plans_name
@@ -148,7 +153,7 @@ def add_parser(subparsers) -> None:
         choices=STRATEGIES,
         help="how a multi-channel dataset reaches the encoder: stack (up to 3 channels as R, G, B, one pass per "
         "slice) or separate (one pass per channel, embeddings fused by a learned layer); default: stack for one "
-        "channel, separate for more",
+        "channel and for a dataset of nnunet-autosam neighbours, separate for more",
     )
     parser.set_defaults(func=run)
 

@@ -92,10 +92,9 @@ class EmbeddingFusion(nn.Module):
 
     def __init__(self, num_channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(num_channels * EMBEDDING_DIM, EMBEDDING_DIM, kernel_size=1)
+        self.conv = nn.Conv2d(num_channels * EMBEDDING_DIM, EMBEDDING_DIM, kernel_size=1, bias=False)
         with torch.no_grad():
             self.conv.weight.copy_(torch.eye(EMBEDDING_DIM).repeat(1, num_channels)[:, :, None, None] / num_channels)
-            self.conv.bias.zero_()
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.conv(embedding)
