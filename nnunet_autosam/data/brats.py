@@ -104,8 +104,23 @@ def find_cases(source: Path) -> list[Case]:
     return sorted(cases.values(), key=lambda case: case.case_id)
 
 
-def convert_case(case: Case, images: Path, labels: Path) -> None:
-    """Check one case (complete files, one grid, labels 0-4) and write its channels and its uint8 label."""
+def tumour_slab(label, slices: int) -> slice:
+    """The ``slices`` axial slices centred on the tumour (the mean z of its voxels), kept inside the volume."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    depth = label.GetSize()[2]
+    if slices >= depth:
+        return slice(0, depth)
+    z = np.nonzero(sitk.GetArrayViewFromImage(label))[0]
+    centre = int(round(z.mean())) if z.size else depth // 2
+    start = min(max(centre - slices // 2, 0), depth - slices)
+    return slice(start, start + slices)
+
+
+def convert_case(case: Case, images: Path, labels: Path, slices: int | None = None) -> None:
+    """Check one case (complete files, one grid, labels 0-4) and write its channels and its uint8 label
+    (only the ``slices`` axial slices around the tumour, where given)."""
     import SimpleITK as sitk
 
     for file in case.files:
@@ -126,11 +141,12 @@ def convert_case(case: Case, images: Path, labels: Path) -> None:
             f"the labels are not BraTS's; use the files as distributed"
         )
     brain = mask > 0
+    slab = tumour_slab(label, slices) if slices else slice(None)
     for channel, image in enumerate(channels):
         with atomic_path(images / f"{case.case_id}_{channel:04d}{FILE_ENDING}") as tmp:
-            sitk.WriteImage(sitk.Mask(image, brain), str(tmp), True)
+            sitk.WriteImage(sitk.Mask(image, brain)[:, :, slab], str(tmp), True)
     with atomic_path(labels / f"{case.case_id}{FILE_ENDING}") as tmp:
-        sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(tmp), True)
+        sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8)[:, :, slab], str(tmp), True)
 
 
 def dataset_json(num_training: int) -> dict:
@@ -147,8 +163,13 @@ def dataset_json(num_training: int) -> dict:
     }
 
 
-def convert_brats(source, dataset_id: int, overwrite: bool = False) -> Path:
-    """Convert the BraTS 2015 sample into ``$nnUNet_raw/DatasetXXX_BraTS2015Sample`` and return that folder."""
+def convert_brats(source, dataset_id: int, overwrite: bool = False, slices: int | None = None) -> Path:
+    """Convert the BraTS 2015 sample into ``$nnUNet_raw/DatasetXXX_BraTS2015Sample`` and return that folder.
+
+    ``slices``: keep only that many axial slices per case, centred on its tumour; a frozen SAM encoder costs
+    about a second per slice on a CPU, so tests and CPU-sized experiments take a slab, not 155 slices."""
+    if slices is not None and slices < 1:
+        raise InputError(f"--slices {slices} keeps no slice: pass a positive number, e.g. --slices 24")
     cases = find_cases(Path(source))
     target = dataset_folder(dataset_id, DATASET_NAME, overwrite)
     with atomic_path(target) as tmp, itk_warnings_off():
@@ -156,13 +177,13 @@ def convert_brats(source, dataset_id: int, overwrite: bool = False) -> Path:
         images.mkdir(parents=True)
         labels.mkdir()
         for case in tqdm(cases, desc="Converting BraTS cases", unit="case"):
-            convert_case(case, images, labels)
+            convert_case(case, images, labels, slices)
         write_json(dataset_json(len(cases)), tmp / "dataset.json", sort_keys=False)
     return target
 
 
 def run(args) -> None:
-    target = convert_brats(args.source, args.dataset_id, args.overwrite)
+    target = convert_brats(args.source, args.dataset_id, args.overwrite, args.slices)
     print(f"Wrote {target} ({len(list((target / 'labelsTr').iterdir()))} training cases, channels FLAIR and T1c).")
     print(f"Next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c 2d, or nnunet-autosam compare {args.dataset_id}")
 
@@ -183,4 +204,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        metavar="N",
+        help="keep only N axial slices per case, centred on its tumour (default: all 155)",
+    )
     parser.set_defaults(func=run)
