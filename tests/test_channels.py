@@ -132,3 +132,18 @@ def test_a_neighbours_dataset_trains_on_stacked_slices_and_predicts_shifted_imag
     workspace.predict(shifted, output, "SAMLinearTrainer", 0, plans, "cpu")
     image = sitk.ReadImage(str(tmp_path / "inputs" / "patient01_a_0000.nii.gz"))
     assert sitk.ReadImage(str(output / "patient01_a.nii.gz")).GetSize() == image.GetSize()
+
+
+def test_region_based_labels_are_refused_by_the_sam_trainers_in_one_line(tmp_path):
+    workspace = Workspace(tmp_path, SHORT_SCHEDULE, dataset="415")
+    source = write_synthetic_raw_dataset(
+        workspace.root / "nnUNet_raw", dataset_id=415, num_patients=5, cases_per_patient=1
+    )
+    description = json.loads((source / "dataset.json").read_text())
+    description.update(labels={"background": 0, "all_blobs": [1, 2, 3], "blob3": 3}, regions_class_order=[1, 3])
+    (source / "dataset.json").write_text(json.dumps(description))
+    plans = workspace.plan(["--encoder", "tiny", "--input-size", "128", "--batch-size", "2"])
+    with pytest.raises(RuntimeError) as refused:
+        workspace.train("SAMLinearTrainer", 0, plans, "cpu")
+    last_line = str(refused.value).strip().splitlines()[-1]
+    assert "region-based labels" in last_line and "-tr nnUNetTrainer" in last_line

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_autosam.experiment_planning.settings import CACHE_ENV, CacheMode, EncoderSettings, mode_from_settings
 from nnunet_autosam.model.network import build_sam_network
 from nnunet_autosam.training.embedding_cache.loader import CachedBatches
-from nnunet_autosam.training.embedding_cache.storage import EmbeddingCache, check_label_based
+from nnunet_autosam.training.embedding_cache.storage import EmbeddingCache, refuse_regions
 from nnunet_autosam.training.embedding_cache.views import training_view_sampler
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.precision import autocast_forward_on_cpu, describe, embedding_precision, training_autocast
@@ -148,6 +148,7 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
                 f"configuration {configuration!r} is 3D, but SAM's encoders are 2D: train with configuration 2d"
             )
         super().__init__(plans, configuration, fold, dataset_json, device)
+        refuse_regions(self.label_manager)
         self.enable_deep_supervision = False
         self.initial_lr = 5e-4
         settings = EncoderSettings.from_configuration(self.configuration_manager.configuration)
@@ -175,7 +176,6 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
                     f"embedding cache mode {self.embedding_cache_mode} trains on one device: run "
                     f"without -num_gpus, or set {CACHE_ENV}=off"
                 )
-            check_label_based(self.label_manager)
         self.print_to_log_file(
             f"embedding cache mode: {self.embedding_cache_mode}"
             + (

@@ -4,7 +4,7 @@ import json
 
 from nnunet_autosam.experiment_planning.settings import CACHE_ENV, CacheMode, EncoderSettings, parse_mode
 from nnunet_autosam.model.network import build_sam_network
-from nnunet_autosam.training.embedding_cache.storage import CACHE_FOLDER, EmbeddingCache, check_label_based
+from nnunet_autosam.training.embedding_cache.storage import CACHE_FOLDER, EmbeddingCache, refuse_regions
 from nnunet_autosam.training.embedding_cache.views import training_view_sampler
 from nnunet_autosam.utilities.devices import pick_device
 from nnunet_autosam.utilities.errors import InputError
@@ -34,7 +34,7 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
         raise InputError(f"configuration {configuration!r} is 3D; the embedding cache is for the 2d configuration")
     dataset_json = json.loads((base / "dataset.json").read_text())
     label_manager = plans_manager.get_label_manager(dataset_json)
-    check_label_based(label_manager)
+    refuse_regions(label_manager)
     folder = base / configuration_manager.data_identifier
     if not folder.is_dir():
         raise InputError(f"{folder} not found: run nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_autosam.experiment_planning.settings import CACHE_ENV, CacheMode
+from nnunet_autosam.experiment_planning.settings import CacheMode
 from nnunet_autosam.model import encoders
 from nnunet_autosam.training.embedding_cache.views import LABEL_DTYPE, ViewSampler, centre_patch
 from nnunet_autosam.utilities.atomic import atomic_path, write_json
@@ -301,9 +301,11 @@ class CachedSamples:
         return np.asarray(embeddings[row]), np.asarray(labels[row])
 
 
-def check_label_based(label_manager) -> None:
+def refuse_regions(label_manager) -> None:
+    """The heads, the cache and the report treat labels as one class per pixel; BraTS-style regions (whole tumour,
+    tumour core, ...) overlap, and nothing here is built or tested for them."""
     if label_manager.has_regions:
         raise InputError(
-            f"this dataset trains on regions; the embedding cache stores plain labels: "
-            f"train on the fly ({CACHE_ENV}=off)"
+            "this dataset has region-based labels (regions_class_order), which the SAM heads do not train: "
+            "use plain labels (one class per voxel), or train it with stock nnU-Net (-tr nnUNetTrainer)"
         )
