@@ -5,11 +5,14 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
 from nnunet_autosam import cli
 from nnunet_autosam.data.brats import CHANNEL_FILES, LABEL_FILE, MASK_FILE, TRAINING_FOLDER, convert_brats
 from nnunet_autosam.data.verify import verify_dataset
+from nnunet_autosam.model.channel_input import DEFAULT_MULTI_CHANNEL
+from nnunet_autosam.utilities.commands import Workspace
 from nnunet_autosam.utilities.errors import InputError
 
 CASES = [f"pat{n:04d}" for n in range(1, 7)]
@@ -94,3 +97,38 @@ def test_bad_sources_and_targets_are_refused_in_one_line(nnunet_env, tmp_path):
     assert cli.main(["convert-brats", str(good), "-d", "15"]) == 0
     refused("Dataset015_BraTS2015Sample already exists: pass --overwrite", good)
     assert convert_brats(good, 15, overwrite=True).name == "Dataset015_BraTS2015Sample"
+
+
+@pytest.mark.slow
+def test_the_sample_trains_predicts_and_is_evaluated_through_the_stock_cli_with_lite_medsam(brats_dir, tmp_path):
+    """LiteMedSAM on both MRI channels (the default strategy), from the cache, on 3-slice slabs: plumbing only."""
+
+    schedule = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "2", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+    workspace = Workspace(tmp_path, schedule, {"AUTOSAM_EMBEDDING_MEMO": str(tmp_path / "memo")}, "250")
+    workspace.plugin("convert-brats", str(brats_dir), "-d", "250", "--slices", "3")
+    plans = workspace.plan(["--encoder", "lite_medsam", "--embedding-cache", "cache", "--batch-size", "2"])
+    workspace.plugin("splits", "250", "--labelled", "3", "--seeds", "1", "--val-patients", "1")
+    train = workspace.root / "nnUNet_results" / workspace.dataset_name / f"AutoSAMTrainer__{plans}__2d" / "fold_0"
+    workspace.train("AutoSAMTrainer", 0, plans, "cpu")
+    weights = torch.load(train / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert weights["_extra_state"]["channels"] == f"{DEFAULT_MULTI_CHANNEL}:2"  # FLAIR and T1c, the default way
+    validation = json.loads((train / "validation" / "summary.json").read_text())
+    assert validation["foreground_mean"]["Dice"] == validation["foreground_mean"]["Dice"]  # scored, not NaN
+
+    splits = json.loads(
+        (workspace.root / "nnUNet_preprocessed" / workspace.dataset_name / "splits_final.json").read_text()
+    )
+    held_out = sorted(set(CASES) - set(splits[0]["train"]) - set(splits[0]["val"]))
+    raw = workspace.root / "nnUNet_raw" / workspace.dataset_name
+    images, references = tmp_path / "test_images", tmp_path / "test_labels"
+    images.mkdir(), references.mkdir()
+    for case in held_out:
+        for channel in (0, 1):
+            (images / f"{case}_{channel:04d}.nii.gz").symlink_to(raw / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
+        (references / f"{case}.nii.gz").symlink_to(raw / "labelsTr" / f"{case}.nii.gz")
+    predictions = tmp_path / "predictions"
+    workspace.predict(images, predictions, "AutoSAMTrainer", 0, plans, "cpu")
+    workspace.plugin("evaluate", str(predictions), str(references))
+    summary = json.loads((predictions / "summary_evaluate.json").read_text())
+    assert sorted(summary["mean"]) == ["1", "2", "3", "4"]  # every tumour class scored on the held-out cases
+    assert len(summary["metric_per_case"]) == len(held_out) == 2
