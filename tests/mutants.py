@@ -177,6 +177,29 @@ MUTANTS = [
         ("tests/test_holdout.py::test_strata_spread_the_test_set_over_them",),
     ),
     Mutant(
+        "channel strategy left out of the cache key",
+        "nnunet_autosam/training/embedding_cache/storage.py",
+        '"channels": identity["channels"],',
+        "",
+        ("tests/test_network.py::test_cache_and_memo_keys_change_with_the_channel_strategy",),
+    ),
+    Mutant(
+        "stacked channels: every colour from the first image channel",
+        "nnunet_autosam/model/channel_input.py",
+        'return torch.einsum("kc,bckhw->bkhw", self.mix, mapped)',
+        "return mapped[:, 0]",
+        ("tests/test_network.py::test_stacked_channels_fill_r_g_b_each_through_the_family_mapping",),
+    ),
+    Mutant(
+        "separate channels fused as their sum instead of their mean at the start",
+        "nnunet_autosam/model/channel_input.py",
+        "[:, :, None, None] / num_channels)",
+        "[:, :, None, None])",
+        (
+            "tests/test_network.py::test_separate_channels_embed_each_channel_alone_and_fuse_them_as_their_mean_at_first",
+        ),
+    ),
+    Mutant(
         "neighbours wrap around at the edges instead of replicating the edge slice",
         "nnunet_autosam/data/neighbours.py",
         "np.clip(slices + offset, 0, slices[-1])",

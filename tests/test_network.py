@@ -220,3 +220,18 @@ def test_short_schedules_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("AUTOSAM_VAL_ITERS_PER_EPOCH", "zero")
     with pytest.raises(InputError, match="AUTOSAM_VAL_ITERS_PER_EPOCH='zero' is not a positive whole number"):
         schedule_from_environment()
+
+
+def test_cache_and_memo_keys_change_with_the_channel_strategy(tmp_path):
+    from nnunet_autosam.experiment_planning.settings import CacheMode
+    from nnunet_autosam.model.embedding_memo import EmbeddingMemo
+    from nnunet_autosam.training.embedding_cache.storage import cache_key, cache_key_fields
+
+    identities = [
+        build_sam_network(EncoderSettings("tiny", 128, channels=strategy), "linear", channels, 2).identity
+        for strategy, channels in (("stack", 2), ("separate", 2), ("stack", 3))
+    ]
+    cache_keys = {cache_key(cache_key_fields(i, "2d", (64, 64), CacheMode("cache"), "fp32")) for i in identities}
+    tile = torch.zeros(1, 2, 64, 64)
+    memo_keys = {EmbeddingMemo(tmp_path, i).key(tile) for i in identities}
+    assert len(cache_keys) == len(memo_keys) == 3
