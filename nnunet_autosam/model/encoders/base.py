@@ -76,7 +76,8 @@ class EncoderFamily:
 
 
 class InputMapping(nn.Module):
-    """(B, 1, H, W) z-scored patches -> (B, 3, S, S) encoder input. ``name`` is part of the encoder identity."""
+    """(B, 1, H, W) z-scored patches -> (B, 3, S, S) encoder input, one image channel at a time (channel_input.py
+    applies it per channel). ``name`` is part of the encoder identity."""
 
     name: str = ""
 
