@@ -82,6 +82,21 @@ def dataset_title(experiment) -> str:
     return report_title(experiment.workspace.dataset_name, dataset_json(experiment))
 
 
+def channels_line(experiment, prepared: dict, description: dict) -> list:
+    """For a dataset of several channels: which, and how the SAM plans feed them to the encoder."""
+    names = list((description.get("channel_names") or {}).values())
+    if len(names) < 2:
+        return []
+    line = f"- Channels: {', '.join(names)}"
+    plans_file = (
+        experiment.root / "nnUNet_preprocessed" / experiment.workspace.dataset_name / f"{prepared['sam_plans']}.json"
+    )
+    if plans_file.is_file():
+        encoder = json.loads(plans_file.read_text())["configurations"]["2d"].get("sam_encoder") or {}
+        line += f"; the SAM encoder takes them as `{encoder.get('channels')}` (nnunet-autosam plans --channels)"
+    return [line]
+
+
 def header(experiment, prepared: dict, records: list) -> str:
     args, schedule = experiment.args, experiment.schedule
     plan = experiment.plan_of(prepared)
@@ -108,6 +123,7 @@ def header(experiment, prepared: dict, records: list) -> str:
         + (f"; {', '.join(one_seed)} on seed 0 only" if one_seed else "")
         + ". Frozen-encoder heads train from the embedding cache (no augmentation); nnU-Net and ft-all augment "
         "as nnU-Net does. Prediction: nnUNetv2_predict, no test-time mirroring.",
+        *channels_line(experiment, prepared, description),
         f"- Test {word} ({where}, never used for any choice): {' '.join(tested)}",
         f"- Machine: {'; '.join(machines) or machine()}",
         f"- Code: {code_version() or 'an installed copy (no git checkout)'}",
