@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "nnunet_autosam.evaluation.metrics",
     "nnunet_autosam.evaluation.report",
     "nnunet_autosam.inference.zero_shot",
+    "nnunet_autosam.inference.memo_prefill",
     "nnunet_autosam.training.embedding_cache.command",
     "nnunet_autosam.comparison.holdout",
     "nnunet_autosam.comparison.runs",

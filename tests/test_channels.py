@@ -96,6 +96,27 @@ def test_the_strategies_never_share_a_cache_or_a_memo_entry(two_channels):
     assert sorted(set(shapes)) == [256, 512]  # same tiles, two keys: each strategy its own entries
 
 
+def test_prefilled_memo_holds_exactly_the_tiles_nnunet_predict_asks_for(two_channels):
+    """prefill-memo replays nnU-Net's preprocessing and tiling: the same keys as a prediction's own entries,
+    embeddings equal within float rounding, and nnUNetv2_predict afterwards computes no tile itself."""
+    workspace, one_by_one = two_channels, two_channels.root / "memo"
+    if not (workspace.root / "pred_AutoSAMTrainer_SAM_separate").is_dir():
+        pytest.skip("needs the separate strategy's prediction (the test above)")
+    prefilled = workspace.root / "memo_prefilled"
+    workspace.env["AUTOSAM_EMBEDDING_MEMO"] = str(prefilled)
+    inputs = str(workspace.root / "inputs")
+    workspace.plugin(
+        "prefill-memo", "-i", inputs, "-d", "411", "-p", "SAM_separate", "--device", "cpu", "--batch-size", "3"
+    )
+    entries = {path.name: path for path in prefilled.rglob("*.npy")}
+    assert entries and set(entries) <= {path.name for path in one_by_one.rglob("*.npy")}
+    for name, path in entries.items():
+        expected = np.load(next(one_by_one.rglob(name)))
+        assert np.allclose(np.load(path), expected, atol=1e-4), name
+    _predict_and_check(workspace, "AutoSAMTrainer", "SAM_separate", prefilled)
+    assert {path.name for path in prefilled.rglob("*.npy")} == set(entries)  # every tile was there already
+
+
 def test_four_channels_default_to_separate_passes_and_stack_is_refused_in_one_line(tmp_path):
     workspace = _workspace(tmp_path, 412, 4)
     with pytest.raises(RuntimeError) as refused:

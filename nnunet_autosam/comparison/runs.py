@@ -57,8 +57,11 @@ from nnunet_autosam.data.grouping import add_grouping_arguments, grouping_from_a
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.channel_input import STRATEGIES
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
-from nnunet_autosam.utilities.atomic import write_json
+from nnunet_autosam.model.heads import HEADS
+from nnunet_autosam.utilities.atomic import write_json, write_text
 from nnunet_autosam.utilities.commands import STOCK_PLANS
+from nnunet_autosam.utilities.devices import pick_device
+from nnunet_autosam.utilities.precision import embedding_precision
 from nnunet_autosam.utilities.shards import parse_shard
 
 
@@ -170,6 +173,15 @@ class Experiment:
     def zero_shot_dir(self) -> Path:
         return self.root / "zero_shot" / f"zero_shot_{self.args.encoder}"
 
+    def prefill_test_tiles(self, plan: Plan, plans: str) -> None:
+        """The test tiles into the embedding memo in batches, once (per precision) for every head and fold."""
+        marker = (
+            self.root / "embedding_memo" / f"prefilled_{plans}_{embedding_precision(pick_device(self.args.device))}"
+        )
+        if not marker.is_file():
+            self.workspace.prefill_memo(plan.test_images, plans, self.args.device)
+            write_text(now() + "\n", marker)
+
     def execute(self, run: Run, prepared: dict) -> None:
         """Train and predict one run from scratch (wiping an interrupted attempt), then mark it done."""
         plan = self.plan_of(prepared)
@@ -205,6 +217,8 @@ class Experiment:
             options = ["-pretrained_weights", str(self.simclr_checkpoint())] if run.method == "simclr" else []
             self.workspace.train(self.trainer(run.method), run.fold, plans, self.args.device, *options)
             record["train_s"] = round(time.perf_counter() - start, 1)
+            if run.method in HEADS:
+                self.prefill_test_tiles(plan, plans)
             self.workspace.predict(
                 plan.test_images, predictions, self.trainer(run.method), run.fold, plans, self.args.device
             )

@@ -12,11 +12,13 @@ step runs the encoder, and the paper trained with batch 4.
 """
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from nnunet_autosam.data.verify import num_channels_of
-from nnunet_autosam.experiment_planning.settings import parse_mode
+from nnunet_autosam.experiment_planning.settings import EncoderSettings, parse_mode
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.channel_input import STACK, STRATEGIES, resolve_strategy
 from nnunet_autosam.utilities.atomic import write_json
@@ -73,6 +75,46 @@ def make_sam_plans(
         config["batch_size"] = batch_size
     plans["plans_name"] = plans_name
     return plans
+
+
+@dataclass
+class PlannedConfiguration:
+    """One configuration of a dataset's written plans, as the commands that embed its data read it."""
+
+    folder: Path  # the dataset's preprocessed folder
+    plans_manager: Any  # nnU-Net's PlansManager, ConfigurationManager, LabelManager
+    configuration_manager: Any
+    label_manager: Any
+    dataset_json: dict
+
+    @property
+    def settings(self) -> EncoderSettings:
+        return EncoderSettings.from_configuration(self.configuration_manager.configuration)
+
+    @property
+    def num_channels(self) -> int:
+        return num_channels_of(self.dataset_json)
+
+
+def planned_configuration(dataset: str, plans_name: str, configuration: str = "2d") -> PlannedConfiguration:
+    """The plans ``plans_name`` of ``dataset`` and its 2d ``configuration``, or a one-line error naming the fix."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = preprocessed_folder(dataset)
+    plans_file = folder / f"{plans_name}.json"
+    if not plans_file.is_file():
+        raise InputError(
+            f"{plans_file} not found: write it with nnunet-autosam plans {dataset} ... and pass its identifier with -p"
+        )
+    plans_manager = PlansManager(str(plans_file))
+    if configuration not in plans_manager.available_configurations:
+        raise InputError(f"plans {plans_name} have no configuration {configuration!r}")
+    configuration_manager = plans_manager.get_configuration(configuration)
+    if len(configuration_manager.patch_size) != 2:
+        raise InputError(f"configuration {configuration!r} is 3D; SAM's encoders are 2D: use the 2d configuration")
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    return PlannedConfiguration(folder, plans_manager, configuration_manager, label_manager, dataset_json)
 
 
 def default_channels(dataset_json: dict) -> str | None:

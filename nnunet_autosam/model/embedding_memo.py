@@ -19,7 +19,7 @@ temporary name and renamed, so concurrent predictions and interruptions never le
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -49,13 +49,49 @@ class EmbeddingMemo:
         digest.update(tile.tobytes())
         return digest.hexdigest()
 
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def store(self, key: str, embedding: torch.Tensor) -> None:
+        with atomic_path(self.path(key)) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, embedding.detach().cpu().numpy())
+
     def embed(self, x: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The stored embedding of ``x`` if there is one, else ``encode(x)``, stored for next time."""
         key = self.key(x)
-        path = self.folder / key[:2] / f"{key}.npy"
+        path = self.path(key)
         if path.is_file():
             return torch.from_numpy(np.load(path)).to(x.device)
         embedding = encode(x)
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, embedding.detach().cpu().numpy())
+        self.store(key, embedding)
         return embedding
+
+    def fill(
+        self, tiles: Iterable[torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    ) -> int:
+        """Store the embedding of every (1, C, H, W) tile not stored yet, ``batch_size`` tiles per encoder call
+        (on a CPU, batches of 8-12 cost well under half the time per tile of one-tile calls); returns how many
+        were computed. Batched, an embedding equals the one-tile result within float rounding, not bit for bit."""
+        pending: dict = {}
+        computed = 0
+
+        def flush() -> int:
+            batch = torch.cat(list(pending.values()))
+            with torch.no_grad():
+                embeddings = encode(batch)
+            for index, key in enumerate(pending):
+                self.store(key, embeddings[index : index + 1])
+            count = len(pending)
+            pending.clear()
+            return count
+
+        for tile in tiles:
+            key = self.key(tile)
+            if key in pending or self.path(key).is_file():
+                continue
+            pending[key] = tile
+            if len(pending) == batch_size:
+                computed += flush()
+        if pending:
+            computed += flush()
+        return computed

@@ -23,7 +23,8 @@ SIMCLR_PRETRAINER = "nnUNetTrainerSimCLR"  # self-supervised, once, on every tra
 SIMCLR_TRAINER = "nnUNetTrainerSimCLRFinetune"  # stock nnU-Net started from the SimCLR encoder
 FULL_FT_TRAINER = "AutoSAMFullFTTrainer"  # AutoSAM with its encoder trained too
 # Every SAM trainer: each registered head on a frozen encoder, then AutoSAM with its encoder trained.
-SAM_TRAINERS = (*(spec.trainer for spec in HEADS.values()), FULL_FT_TRAINER)
+FROZEN_ENCODER_TRAINERS = tuple(spec.trainer for spec in HEADS.values())
+SAM_TRAINERS = (*FROZEN_ENCODER_TRAINERS, FULL_FT_TRAINER)
 
 # nnUNetv2_predict's sequential mode: each worker it would spawn re-imports nnU-Net (about 8 s on 2 cores), more
 # than overlapping saves on small volumes (measured here on 2 frames: 12 s sequential, 18 s with one worker
@@ -123,6 +124,10 @@ class Workspace:
         """SimCLR pretraining on every training image (fold ``all``); returns the checkpoint to fine-tune from."""
         self.train(SIMCLR_PRETRAINER, "all", STOCK_PLANS, device)
         return self.simclr_checkpoint
+
+    def prefill_memo(self, images: Path, plans: str, device: str) -> None:
+        """Embed the tiles of ``images`` into the embedding memo in batches, before the predictions read them."""
+        self.plugin("prefill-memo", "-i", str(images), "-d", self.dataset, "-p", plans, "--device", device)
 
     def predict(self, images: Path, output: Path, trainer: str, fold: int, plans: str, device: str) -> None:
         self.run(

@@ -2,13 +2,13 @@
 
 import json
 
-from nnunet_autosam.experiment_planning.settings import CACHE_ENV, CacheMode, EncoderSettings, parse_mode
+from nnunet_autosam.experiment_planning.plans import planned_configuration
+from nnunet_autosam.experiment_planning.settings import CACHE_ENV, CacheMode, parse_mode
 from nnunet_autosam.model.network import build_sam_network
 from nnunet_autosam.training.embedding_cache.storage import CACHE_FOLDER, EmbeddingCache, refuse_regions
 from nnunet_autosam.training.embedding_cache.views import training_view_sampler
 from nnunet_autosam.utilities.devices import pick_device
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.utilities.nnunet_paths import preprocessed_folder
 from nnunet_autosam.utilities.precision import embedding_precision
 from nnunet_autosam.utilities.shards import parse_shard, shard_cases
 
@@ -18,22 +18,9 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     import torch
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    base = preprocessed_folder(dataset)
-    plans_file = base / f"{plans_name}.json"
-    if not plans_file.is_file():
-        raise InputError(
-            f"{plans_file} not found: write it with nnunet-autosam plans {dataset} ... and pass its identifier with -p"
-        )
-    plans_manager = PlansManager(str(plans_file))
-    if configuration not in plans_manager.available_configurations:
-        raise InputError(f"plans {plans_name} have no configuration {configuration!r}")
-    configuration_manager = plans_manager.get_configuration(configuration)
-    if len(configuration_manager.patch_size) != 2:
-        raise InputError(f"configuration {configuration!r} is 3D; the embedding cache is for the 2d configuration")
-    dataset_json = json.loads((base / "dataset.json").read_text())
-    label_manager = plans_manager.get_label_manager(dataset_json)
+    planned = planned_configuration(dataset, plans_name, configuration)
+    base, configuration_manager, label_manager = planned.folder, planned.configuration_manager, planned.label_manager
     refuse_regions(label_manager)
     folder = base / configuration_manager.data_identifier
     if not folder.is_dir():
@@ -41,8 +28,9 @@ def cache_for_plans(dataset: str, plans_name: str, configuration: str, mode: Cac
     dataset_class = infer_dataset_class(str(folder))
     cases = sorted(dataset_class.get_identifiers(str(folder)))
     data = dataset_class(str(folder), list(cases))
-    settings = EncoderSettings.from_configuration(configuration_manager.configuration)
-    network = build_sam_network(settings, "linear", 1, label_manager.num_segmentation_heads).to(torch.device(device))
+    network = build_sam_network(
+        planned.settings, "linear", planned.num_channels, label_manager.num_segmentation_heads
+    ).to(torch.device(device))
     network.eval()
     sampler = None
     if mode.kind == "cache_views":
