@@ -132,3 +132,17 @@ def test_the_sample_trains_predicts_and_is_evaluated_through_the_stock_cli_with_
     summary = json.loads((predictions / "summary_evaluate.json").read_text())
     assert sorted(summary["mean"]) == ["1", "2", "3", "4"]  # every tumour class scored on the held-out cases
     assert len(summary["metric_per_case"]) == len(held_out) == 2
+
+
+def test_slices_keep_a_slab_centred_on_each_tumour(brats_dir, nnunet_env):
+    full, slab = convert_brats(brats_dir, 15), convert_brats(brats_dir, 16, slices=5)
+    for case in CASES:
+        whole = sitk.ReadImage(str(full / "labelsTr" / f"{case}.nii.gz"))
+        kept = sitk.ReadImage(str(slab / "labelsTr" / f"{case}.nii.gz"))
+        assert kept.GetSize() == (*whole.GetSize()[:2], 5)
+        z = np.nonzero(sitk.GetArrayViewFromImage(whole))[0]
+        start = int(round(z.mean())) - 2  # the slab's first slice: 2 below the tumour's mean z
+        assert np.allclose(kept.GetOrigin(), whole.TransformIndexToPhysicalPoint((0, 0, start)))  # geometry follows
+        assert np.array_equal(sitk.GetArrayViewFromImage(kept), sitk.GetArrayViewFromImage(whole)[start : start + 5])
+    with pytest.raises(InputError, match="--slices 0 keeps no slice"):
+        convert_brats(brats_dir, 17, slices=0)
