@@ -25,7 +25,6 @@ from nnunet_autosam.model.embedding_memo import MEMO_ENV
 from nnunet_autosam.utilities.commands import (
     BASELINE_TRAINER,
     DATASET_ID,
-    FROZEN_ENCODER_TRAINERS,
     SAM_TRAINERS,
     SIMCLR_PRETRAINER,
     SIMCLR_TRAINER,
@@ -118,9 +117,6 @@ def run_demo(
     steps.update(1)
     test_images = workspace.root / "nnUNet_raw" / workspace.dataset_name / "imagesTs"
     has_test_set = test_images.is_dir() and any(test_images.iterdir())
-    if has_test_set and set(trainers) & set(FROZEN_ENCODER_TRAINERS):
-        steps.set_postfix_str("embedding the test tiles")
-        workspace.prefill_memo(test_images, plans, device)  # in batches, once for every head and fold
     if pretrain_simclr:
         steps.set_postfix_str(SIMCLR_PRETRAINER)
         simclr_checkpoint = workspace.pretrain_simclr(device)
