@@ -23,8 +23,7 @@ SIMCLR_PRETRAINER = "nnUNetTrainerSimCLR"  # self-supervised, once, on every tra
 SIMCLR_TRAINER = "nnUNetTrainerSimCLRFinetune"  # stock nnU-Net started from the SimCLR encoder
 FULL_FT_TRAINER = "AutoSAMFullFTTrainer"  # AutoSAM with its encoder trained too
 # Every SAM trainer: each registered head on a frozen encoder, then AutoSAM with its encoder trained.
-FROZEN_ENCODER_TRAINERS = tuple(spec.trainer for spec in HEADS.values())
-SAM_TRAINERS = (*FROZEN_ENCODER_TRAINERS, FULL_FT_TRAINER)
+SAM_TRAINERS = (*(spec.trainer for spec in HEADS.values()), FULL_FT_TRAINER)
 
 # nnUNetv2_predict's sequential mode: each worker it would spawn re-imports nnU-Net (about 8 s on 2 cores), more
 # than overlapping saves on small volumes (measured here on 2 frames: 12 s sequential, 18 s with one worker
