@@ -2,7 +2,8 @@
 
 Three foreground classes, 40 x 56 slices, two cases per patient grouped by a pattern, no imagesTs (the test
 set is held out): 4 patients, 1 held out, 1 for validation, the labelled one drawn from the other 2. Two
-iterations per run: this proves the command's plumbing, not any method's quality.
+and four steps on the ladder, at two iterations per epoch: this proves the command's plumbing, not any method's
+quality.
 """
 
 import csv
@@ -34,8 +35,9 @@ SMOKE = [
     "1",
     "--seeds",
     "1",
-    "--epochs",
-    "1",
+    "--ladder",
+    "2",
+    "4",
     "--iters",
     "2",
     "--methods",
@@ -74,7 +76,7 @@ def cases(folder):
 
 def test_every_run_finishes_and_a_patient_never_straddles_train_validation_and_test(experiment):
     _, output, stdout, source, before = experiment
-    assert "3 runs, 0 done before, 3 to run" in stdout
+    assert "3 lines: " in stdout
     assert snapshot(source) == before  # the user's dataset is only read
     derived = output / "nnUNet_raw" / DERIVED
     test_cases = cases(derived / "labelsTs")
@@ -99,22 +101,55 @@ def test_every_run_finishes_and_a_patient_never_straddles_train_validation_and_t
     assert cases(output / "zero_shot" / "zero_shot_tiny") == test_cases
 
 
+def test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validation_chose(experiment):
+    _, output, _, _, _ = experiment
+    commands = (output / "commands.log").read_text().splitlines()
+    for method, trainer in (("nnunet", "nnUNetTrainerEnvSchedule"), ("linear", "SAMLinearTrainer")):
+        dice = {}
+        for steps in (2, 4):
+            record = json.loads((output / "runs" / "training" / f"{method}_fold0_{steps}steps.json").read_text())
+            dice[steps] = record["val_dice"]
+            assert 0 <= dice[steps] <= 100 and record["train_s"] > 0
+            (line,) = [c for c in commands if f"-tr {trainer} " in c and f"/steps_{steps} nnUNetv2_train" in c]
+            assert line.startswith(f"AUTOSAM_NUM_EPOCHS={steps // 2} AUTOSAM_ITERS_PER_EPOCH=2 ")
+        chosen = 2 if dice[4] - dice[2] < 2 else 4  # the default --plateau, 2 points
+        test = json.loads((output / "runs" / f"{method}_fold0.json").read_text())
+        assert (test["steps"], test["plateau_shown"]) == (chosen, chosen == 2)
+        (folder,) = (output / "nnUNet_results" / f"steps_{chosen}" / DERIVED).glob(f"{trainer}__*")
+        assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+        (predict,) = [c for c in commands if "nnUNetv2_predict" in c and f"-tr {trainer} " in c]
+        assert f"nnUNet_results={output}/nnUNet_results/steps_{chosen} " in predict
+
+
 def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(experiment):
     compare, output, _, _, _ = experiment
     log = (output / "commands.log").read_text()
-    markers = {path: path.stat().st_mtime_ns for path in (output / "runs").glob("*.json")}
-    assert "3 runs, 3 done before, 0 to run" in compare()
+    markers = {path: path.stat().st_mtime_ns for path in (output / "runs").rglob("*.json")}
+    compare()
     assert (output / "commands.log").read_text() == log
-    assert {path: path.stat().st_mtime_ns for path in (output / "runs").glob("*.json")} == markers
+    assert {path: path.stat().st_mtime_ns for path in (output / "runs").rglob("*.json")} == markers
 
-    (output / "runs" / "linear_fold0.json").unlink()  # as if killed before it finished
+    (output / "runs" / "linear_fold0.json").unlink()  # as if killed while predicting the test set
     predictions = next((output / "test_predictions").glob("SAMLinearTrainer__*")) / "fold_0"
     (predictions / "left_over.nii.gz").write_bytes(b"partial")
-    assert "1 to run" in compare()
+    compare()
     assert not (predictions / "left_over.nii.gz").exists()
     new_commands = (output / "commands.log").read_text()[len(log) :].splitlines()
-    assert [line.split()[0] for line in new_commands] == ["nnUNetv2_train", "nnUNetv2_predict"]
-    assert "-tr SAMLinearTrainer" in new_commands[0]
+    assert [line.split(" nnUNet_results=")[1].split()[1] for line in new_commands] == ["nnUNetv2_predict"]
+
+    steps = json.loads((output / "runs" / "nnunet_fold0.json").read_text())["steps"]
+    (output / "runs" / "training" / f"nnunet_fold0_{steps}steps.json").unlink()  # killed while training
+    (output / "runs" / "nnunet_fold0.json").unlink()
+    (folder,) = (output / "nnUNet_results" / f"steps_{steps}" / DERIVED).glob("nnUNetTrainerEnvSchedule__*")
+    (folder / "fold_0" / "left_over.txt").write_text("partial")
+    log = (output / "commands.log").read_text()
+    compare()
+    assert not (folder / "fold_0" / "left_over.txt").exists()
+    new_commands = (output / "commands.log").read_text()[len(log) :].splitlines()
+    assert [line.split(" nnUNet_results=")[1].split()[1] for line in new_commands] == [
+        "nnUNetv2_train",
+        "nnUNetv2_predict",
+    ]
 
 
 def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_path):
@@ -136,27 +171,29 @@ def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_p
     assert "# Few-label SyntheticBlobs on `tiny`: test set of 1 patient\n" in table
     assert "derived from Dataset402_SyntheticBlobs; classes (dataset.json): blob1, blob2, blob3" in table
     assert "| method | blob1 | blob2 | blob3 | mean Dice |" in table and "ACDC" not in table
-    assert "every trained method 1 x 2 iterations at batch 4" in table and str(output) not in table
+    assert "batch 4, 2 iterations per epoch; each method's steps chosen on validation from the ladder 2 4" in table
+    assert "| nnunet | 1 | 2: " in table and str(output) not in table
     for image in ("plot.png", "validation_curves.png"):
         assert (published / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(published / "validation_curves.csv", newline="") as f:
         curves = list(csv.DictReader(f))
-    assert sorted(row["method"] for row in curves) == ["linear", "nnunet"]  # one epoch each
+    assert {row["method"] for row in curves} == {"linear", "nnunet"}
+    assert {row["step"] for row in curves} <= {"2", "4"}  # one point per epoch of 2 iterations
     assert all(0 <= float(row["pseudo_dice"]) <= 1 for row in curves)
     commands = (published / "commands.md").read_text()
     assert "nnunet-autosam holdout" in commands and "--count 1 --group-pattern '(patient\\d+)_'" in commands
     assert "nnUNetv2_train 902 2d 0 -tr SAMLinearTrainer -p nnUNetPlans_SAM_tiny_64 -device cpu" in commands
     assert "nnunet-autosam compare 402 --output OUTPUT --holdout 1" in commands
     timings = json.loads((published / "timings.json").read_text())
-    assert len(timings["runs"]) == 3 and timings["machine"] and "code" in timings
+    assert len(timings["runs"]) == 3 and len(timings["trainings"]) == 4 and timings["machine"] and "code" in timings
 
 
-def test_plan_lists_every_run_once_and_trains_nothing(experiment):
+def test_plan_lists_every_line_once_with_where_it_stands_and_trains_nothing(experiment):
     compare, output, _, _, _ = experiment
-    before = sorted(path.name for path in (output / "runs").iterdir())
+    before = sorted(str(path) for path in (output / "runs").rglob("*"))
     lines = [line for line in compare("--plan", "--shard", "0/2").splitlines() if line.startswith("shard ")]
     assert [line.split(":")[0] for line in lines] == ["shard 0/2", "shard 1/2"]
-    planned = [name for line in lines for name in line.split(": ", 2)[2].split()]
-    assert sorted(planned) == sorted(name[: -len(".json")] for name in before)
-    assert sorted(path.name for path in (output / "runs").iterdir()) == before
-    assert protocol.ZERO_SHOT in planned
+    planned = [entry.split(" (")[0] for line in lines for entry in line.split(": ", 2)[2].split("; ")]
+    assert sorted(planned) == ["linear_budget1", "nnunet_budget1", protocol.ZERO_SHOT]
+    assert "nnunet_budget1 (S = " in "".join(lines) and ", 1 of 1 seeds tested)" in "".join(lines)
+    assert sorted(str(path) for path in (output / "runs").rglob("*")) == before

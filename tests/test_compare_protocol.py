@@ -1,17 +1,21 @@
-"""The comparison's protocol without training: every head in the method table, shards balanced by cost and
-ordered cheap first, the claims the published table checks, and the commands it prepares a dataset with."""
+"""The comparison's protocol without training: every head in the method table, the schedule ladder's choice,
+shards of lines balanced by cost and ordered cheap first, the claims the published table checks, and the commands
+it prepares a dataset with."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 
 from nnunet_autosam import cli
 from nnunet_autosam.comparison import protocol
+from nnunet_autosam.comparison.ladder import Choice, Ladder, parse_caps
 from nnunet_autosam.comparison.publish import claims
 from nnunet_autosam.comparison.runs import Experiment
 from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
 from nnunet_autosam.model.heads import HEADS
 from nnunet_autosam.utilities.commands import FULL_FT_TRAINER, STOCK_PLANS, Workspace
+from nnunet_autosam.utilities.errors import InputError
 
 
 def test_the_method_table_has_nnunet_every_registered_head_and_ft_all():
@@ -20,54 +24,116 @@ def test_the_method_table_has_nnunet_every_registered_head_and_ft_all():
     assert set(protocol.DEFAULT_METHODS) <= {*protocol.METHODS, protocol.ZERO_SHOT}
 
 
-def test_shards_split_the_runs_without_overlap_and_by_cost():
+def test_shards_split_the_lines_without_overlap_and_by_cost_cheapest_first():
     schedule = protocol.SCHEDULES["cpu"]
-    runs = [protocol.Run(method, fold) for method in ("nnunet", "autosam", "linear") for fold in range(6)]
-    runs += [protocol.Run(method, fold) for method in ("cnn", "ftall") for fold in (0, 3)]
-    runs += [protocol.Run(protocol.ZERO_SHOT)]
-    shares = [protocol.shard(runs, schedule, f"{index}/3") for index in range(3)]
-    names = [run.name for share in shares for run in share]
-    assert sorted(names) == sorted(run.name for run in runs) and len(set(names)) == len(names)
-    costs = [sum(run.cost(schedule) for run in share) for share in shares]
-    assert max(costs) < 1.5 * min(costs)
-    for share in shares:  # cheap runs first: no run over half an hour before a cheaper one; then cheapest first
-        is_long = [run.cost(schedule) > protocol.LONG_RUN_S for run in share]
-        assert is_long == sorted(is_long)
-        long_costs = [run.cost(schedule) for run in share if run.cost(schedule) > protocol.LONG_RUN_S]
-        assert long_costs == sorted(long_costs)
-    whole = protocol.shard(runs, schedule, "0/1")
-    assert [run.name for run in whole[-4:]] == ["cnn_fold0", "cnn_fold3", "ftall_fold0", "ftall_fold3"]
+    rungs = schedule.rungs
+    lines = protocol.all_lines(["nnunet", "autosam", "linear", "cnn", "ftall", protocol.ZERO_SHOT], [1, 5])
+    assert [line.name for line in lines if line.method == protocol.ZERO_SHOT] == [protocol.ZERO_SHOT]
+
+    def cost(line):
+        return line.cost(schedule, rungs, 3)
+
+    shares = [protocol.shard(lines, cost, f"{index}/3") for index in range(3)]
+    names = [line.name for share in shares for line in share]
+    assert sorted(names) == sorted(line.name for line in lines) and len(set(names)) == len(names)
+    for share in shares:
+        assert [cost(line) for line in share] == sorted(cost(line) for line in share)
+    whole = protocol.shard(lines, cost, "0/1")
+    assert whole[-1].method == "cnn"  # the dearest: every rung and three seeds at 10 s a step
 
 
-def test_one_seed_methods_run_on_seed_zero_only():
-    folds = [{"fold": index, "seed": index % 3} for index in range(6)]
-    runs = protocol.all_runs(["linear", "cnn", protocol.ZERO_SHOT], folds, protocol.SCHEDULES["cpu"])
-    assert [run.name for run in runs] == [f"linear_fold{n}" for n in range(6)] + ["cnn_fold0", "cnn_fold3", "zero_shot"]
+def test_a_line_costs_every_rung_on_seed_zero_and_the_top_on_the_others():
+    schedule = protocol.SCHEDULES["cpu"]
+    nnunet = protocol.METHODS["nnunet"]
+    cost = protocol.Line("nnunet", 5).cost(schedule, (250, 500), 3)
+    assert cost == pytest.approx(nnunet.cpu_step_s * (750 + 2 * 500) + nnunet.cpu_run_s * 4)
+    ftall = protocol.METHODS["ftall"]
+    one_seed = protocol.Line("ftall", 1).cost(schedule, (250,), 3)
+    assert one_seed == pytest.approx(ftall.cpu_step_s * 250 + ftall.cpu_run_s)
 
 
 @pytest.mark.parametrize(
-    "autosam, nnunet, verdicts",
+    "dice, choice",
     [
-        ("37.7", "3.9", ("**fails** (37.7 over 3 of 3 seeds)", "holds (37.7 against 3.9)")),
-        ("39.0", "45.2", ("holds (39.0 over 3 of 3 seeds)", "**fails** (39.0 against 45.2)")),
+        ({250: 10.0}, None),
+        ({250: 10.0, 500: 11.9}, Choice(250, True)),
+        ({250: 10.0, 500: 40.0}, None),
+        ({250: 10.0, 500: 40.0, 1000: 30.0}, Choice(500, True)),  # 2S worse than S: S is enough
+        ({250: 10.0, 500: 40.0, 1000: 50.0}, Choice(1000, False)),  # the top rung, no plateau shown
     ],
 )
-def test_the_table_says_whether_each_claim_holds(tmp_path, autosam, nnunet, verdicts):
+def test_the_ladder_stops_where_doubling_the_steps_adds_less_than_the_plateau(dice, choice):
+    ladder = Ladder((250, 500, 1000), plateau_points=2.0)
+    assert ladder.choice("nnunet", dice) == choice
+    following = [steps for steps in (250, 500, 1000) if steps not in dice]
+    assert ladder.next_rung("nnunet", dice) == (following[0] if choice is None else None)
+
+
+def test_a_cap_ends_one_methods_ladder_and_bad_ladders_are_refused():
+    ladder = Ladder((250, 500, 1000), caps=parse_caps(["ftall=500"]))
+    assert ladder.rungs_for("ftall") == (250, 500) and ladder.rungs_for("nnunet") == (250, 500, 1000)
+    assert ladder.choice("ftall", {250: 10.0, 500: 30.0}) == Choice(500, False)
+    with pytest.raises(InputError, match="not a doubling ladder"):
+        Ladder((250, 600))
+    with pytest.raises(InputError, match="not a rung of the ladder"):
+        Ladder((250, 500), caps={"ftall": 300})
+    with pytest.raises(InputError, match="not METHOD=STEPS"):
+        parse_caps(["ftall:500"])
+    with pytest.raises(InputError, match="not a whole number of epochs"):
+        protocol.SCHEDULES["cpu"].environment(260)
+
+
+def test_one_seed_methods_run_on_seed_zero_only():
+    lines = protocol.all_lines(["linear", "ftall"], [1])
+    schedule = protocol.SCHEDULES["cpu"]
+    assert schedule.one_seed_methods == ("ftall",)
+    step_s = {line.method: protocol.METHODS[line.method].cpu_step_s for line in lines}
+    run_s = {line.method: protocol.METHODS[line.method].cpu_run_s for line in lines}
+    for line in lines:
+        seeds = 1 if line.method == "ftall" else 3
+        expected = step_s[line.method] * (250 + (seeds - 1) * 250) + run_s[line.method] * seeds
+        assert line.cost(schedule, (250,), 3) == pytest.approx(expected)
+
+
+def write_report(folder, rows, folds_dice):
+    """A report folder as `nnunet-autosam report` writes it: report.csv and one summary per scored fold."""
+    (folder / "summaries").mkdir(parents=True)
+    header = "budget,folder,n_seeds,mean_Dice_mean\n"
+    (folder / "report.csv").write_text(header + "".join(f"{b},{f},{n},{d}\n" for b, f, n, d in rows))
+    for (name, fold), dice in folds_dice.items():
+        (folder / "summaries" / f"{name}__fold_{fold}.json").write_text(
+            json.dumps({"foreground_mean": {"Dice": dice / 100}})
+        )
+
+
+NNUNET = "nnUNetTrainerEnvSchedule__nnUNetPlans_batch4__2d"
+AUTOSAM = "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d"
+LINEAR = "SAMLinearTrainer__nnUNetPlans_SAM_lite_medsam_256__2d"
+
+
+def test_the_table_says_at_each_budget_whether_the_best_sam_method_beats_nnunet_and_in_how_many_seeds(tmp_path):
     args = SimpleNamespace(budgets=[1, 5], seeds=3, claim_min_dice=39.0)
-    report = tmp_path / "report.csv"
-    rows = [
-        ("1", "nnUNetTrainerEnvSchedule__nnUNetPlans_batch4__2d", nnunet),
-        ("1", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", autosam),
-        ("5", "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d", "70.9"),
-    ]
-    report.write_text("budget,folder,n_seeds,mean_Dice_mean\n" + "".join(f"{b},{f},3,{d}\n" for b, f, d in rows))
-    lines = claims(args, report).splitlines()
-    assert lines[0] == "## Claims at 1 labelled patient, as measured"
-    assert lines[2].endswith(f"at least 39: {verdicts[0]}") and lines[3].endswith(verdicts[1])
-    without_bar = SimpleNamespace(**{**vars(args), "claim_min_dice": None})
-    assert claims(without_bar, report).splitlines()[2:] == [lines[3], ""]
-    report.write_text("budget,folder,n_seeds,mean_Dice_mean\n" + "".join(f"{b},{f},3,{d}\n" for b, f, d in rows[1:]))
-    assert "Not measured" in claims(args, report)
+    folds = [{"fold": 3 * b + s, "budget": budget, "seed": s} for b, budget in enumerate((1, 5)) for s in range(3)]
+    folders = {"nnunet": NNUNET, "autosam": AUTOSAM, "linear": LINEAR}
+    per_fold = {(NNUNET, 0): 10.0, (NNUNET, 1): 50.0, (NNUNET, 2): 20.0, (AUTOSAM, 0): 40.0, (AUTOSAM, 1): 30.0}
+    per_fold |= {(AUTOSAM, 2): 41.0, (NNUNET, 3): 80.0, (AUTOSAM, 3): 70.0, (LINEAR, 3): 75.0}
+    rows = [("1", NNUNET, 3, 26.7), ("1", AUTOSAM, 3, 37.0), ("1", LINEAR, 3, 20.0)]
+    rows += [("5", NNUNET, 1, 80.0), ("5", AUTOSAM, 1, 70.0), ("5", LINEAR, 1, 75.0)]
+    write_report(tmp_path, rows, per_fold)
+    lines = claims(args, tmp_path, folds, folders).splitlines()
+    assert lines[0] == "## Claims, as measured"
+    assert lines[2] == (
+        "- 1 labelled patient: the best trained SAM method (autosam, 37.0 over 3 seeds) is above nnU-Net "
+        "(26.7 over 3 seeds): holds; above it in 2 of 3 paired seeds"
+    )
+    assert lines[3].endswith("is at least 39: **fails** (37.0 over 3 of 3 seeds)")
+    assert lines[4] == (
+        "- 5 labelled patients: the best trained SAM method (linear, 75.0 over 1 seeds) is above nnU-Net "
+        "(80.0 over 1 seeds): **fails**; above it in 0 of 1 paired seeds"
+    )
+    without_nnunet = tmp_path / "without"
+    write_report(without_nnunet, rows[1:3], {})
+    assert "1 labelled patient: not measured" in claims(args, without_nnunet, folds, folders)
 
 
 def prepared_commands(tmp_path, monkeypatch, *options) -> list:
@@ -88,7 +154,9 @@ def prepared_commands(tmp_path, monkeypatch, *options) -> list:
 def test_channels_reach_the_sam_plans_only_when_asked(tmp_path, monkeypatch):
     commands = prepared_commands(tmp_path / "separate", monkeypatch, "--channels", "separate")
     (plans,) = [line for line in commands if line.startswith("nnunet-autosam plans")]
-    assert plans == "nnunet-autosam plans 902 --encoder tiny --embedding-cache cache --channels separate --batch-size 4"
+    assert plans == (
+        "nnunet-autosam plans 902 --encoder tiny --embedding-cache cache_views:8 --channels separate --batch-size 4"
+    )
     default = prepared_commands(tmp_path / "default", monkeypatch)
     assert [line for line in default if line.startswith("nnunet-autosam plans")] == [
         plans.replace(" --channels separate", "")

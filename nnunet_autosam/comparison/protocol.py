@@ -1,7 +1,8 @@
-"""The few-label protocol's fixed parts: the methods, the schedules, the runs and how shards share them.
+"""The few-label protocol's fixed parts: the methods, the schedules, the lines of runs and how shards share them.
 
-Every method trains with the same iterations and batch size on the same folds; a run is one method on
-one fold (train, then predict the test set), or the zero-shot baseline. Costs are this project's
+Every method trains at the same batch size on the same folds, for the steps its validation chose on the
+schedule's ladder (comparison/ladder.py). A line is one method at one budget (the climb on seed 0, then
+every seed at the chosen steps, each predicting the test set), or the zero-shot baseline. Costs are this project's
 measurements on its 2-core CPU (the cpu schedule's ACDC runs in results/acdc_lite_medsam, mostly idle;
 ft-all from its fold-3 run, which had the CPU to itself); they balance shards and let ``--plan`` say
 how long each takes, and a head from outside the project is costed as AutoSAM.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from nnunet_autosam.model.heads import HEADS
 from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, SIMCLR_TRAINER
+from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.shards import parse_shard
 
 
@@ -44,104 +46,103 @@ METHODS = method_table()
 ZERO_SHOT = "zero_shot"
 DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", ZERO_SHOT)
 ZERO_SHOT_COST_S = 500.0  # about one encoder pass per test slice
-LONG_RUN_S = 1800.0
 
 
 @dataclass(frozen=True)
 class Schedule:
-    epochs: int | None  # None: nnU-Net's own
-    iterations: int | None
+    """How every method trains: the ladder of step counts its S is chosen from (comparison/ladder.py), the
+    iterations per epoch and the batch size they share."""
+
+    rungs: tuple  # training steps, each twice the last
+    iterations: int  # per epoch
     batch_size: int | None  # None: nnU-Net's planned 2d batch size
     one_seed_methods: tuple  # methods trained on seed 0 only
+    validation_iterations: int = 2  # per epoch: nnU-Net's pseudo-Dice, the validation curves' points
 
-    def environment(self) -> dict:
-        if self.epochs is None:
-            return {}
+    def environment(self, steps: int) -> dict:
+        """The AUTOSAM_* variables that make every trainer run ``steps`` training steps."""
+        if steps % self.iterations:
+            raise InputError(
+                f"{steps} steps is not a whole number of epochs of {self.iterations} iterations: pass --iters "
+                f"that divides every rung of --ladder"
+            )
         return {
-            "AUTOSAM_NUM_EPOCHS": str(self.epochs),
+            "AUTOSAM_NUM_EPOCHS": str(steps // self.iterations),
             "AUTOSAM_ITERS_PER_EPOCH": str(self.iterations),
-            "AUTOSAM_VAL_ITERS_PER_EPOCH": "1",
+            "AUTOSAM_VAL_ITERS_PER_EPOCH": str(self.validation_iterations),
         }
 
-    def describe(self) -> str:
-        return f"{self.epochs} x {self.iterations} iterations" if self.epochs else "nnU-Net's 1000 x 250 iterations"
+    def describe(self, steps: int) -> str:
+        return f"{steps // self.iterations} x {self.iterations} iterations"
 
 
-# cpu: sized so that the dearest run (training the encoder, about 14 s per step on 2 cores) fits in 2 hours.
+# cpu: a doubling ladder from 250 steps at batch 4; training the encoder (ft all) on seed 0 only, as its step costs
+# about 20 of a head's on 2 cores. full: nnU-Net's own 1000 x 250 iterations at its planned batch, for a GPU.
 SCHEDULES = {
-    "cpu": Schedule(10, 20, 4, ("cnn", "ftall")),
-    "full": Schedule(None, None, None, ()),
+    "cpu": Schedule((250, 500, 1000, 2000, 4000), 50, 4, ("ftall",)),
+    "full": Schedule((250_000,), 250, None, (), validation_iterations=50),
 }
 
 
-def custom_schedule(name: str, epochs=None, iterations=None, batch_size=None) -> Schedule:
-    """The named schedule with any of its numbers replaced (a smoke test's, say)."""
+def custom_schedule(name: str, rungs=None, iterations=None, batch_size=None, one_seed=None) -> Schedule:
+    """The named schedule with any of its parts replaced (a smoke test's, say)."""
     base = SCHEDULES[name]
-    if not (epochs or iterations or batch_size):
-        return base
     return Schedule(
-        epochs or base.epochs or 1000,
-        iterations or base.iterations or 250,
+        tuple(rungs or base.rungs),
+        iterations or base.iterations,
         batch_size or base.batch_size,
-        base.one_seed_methods,
+        base.one_seed_methods if one_seed is None else tuple(one_seed),
+        base.validation_iterations,
     )
 
 
 @dataclass(frozen=True)
-class Run:
-    """One method on one fold (train, then predict the test set), or the zero-shot baseline (fold None)."""
+class Line:
+    """One method at one budget: seed 0 climbs the ladder, then every seed trains at the chosen S and predicts
+    the test set. The zero-shot baseline is a line of its own (budget None). Lines share nothing, so shards
+    take whole lines."""
 
     method: str
-    fold: int | None = None
+    budget: int | None = None
 
     @property
     def name(self) -> str:
-        return self.method if self.fold is None else f"{self.method}_fold{self.fold}"
+        return self.method if self.budget is None else f"{self.method}_budget{self.budget}"
 
-    def cost(self, schedule: Schedule) -> float:
-        if self.fold is None:
+    def cost(self, schedule: Schedule, rungs: tuple, seeds: int) -> float:
+        """At most: every rung on seed 0, the top one on the other seeds, each run's fixed part and prediction."""
+        if self.budget is None:
             return ZERO_SHOT_COST_S
         method = METHODS[self.method]
-        return method.cpu_step_s * (schedule.epochs or 1000) * (schedule.iterations or 250) + method.cpu_run_s
+        if self.method in schedule.one_seed_methods:
+            seeds = 1
+        steps = sum(rungs) + (seeds - 1) * rungs[-1]
+        return method.cpu_step_s * steps + method.cpu_run_s * (len(rungs) + seeds - 1)
 
 
-def all_runs(methods, folds: list, schedule: Schedule) -> list:
-    """Every run of ``methods`` on the split table's ``folds``: seed 0 only for the schedule's one-seed methods."""
-    runs = []
+def all_lines(methods, budgets) -> list:
+    lines = []
     for method in methods:
-        if method == ZERO_SHOT:
-            runs.append(Run(ZERO_SHOT))
-            continue
-        for fold in folds:
-            if fold["seed"] == 0 or method not in schedule.one_seed_methods:
-                runs.append(Run(method, fold["fold"]))
-    return runs
+        lines += [Line(ZERO_SHOT)] if method == ZERO_SHOT else [Line(method, budget) for budget in budgets]
+    return lines
 
 
-def shares(runs: list, schedule: Schedule, count: int) -> list:
-    """Every shard's runs in running order, assigned longest first to the least loaded shard.
+def shares(lines: list, cost, count: int) -> list:
+    """Every shard's lines in running order, assigned dearest first to the least loaded shard.
 
-    Within a shard the runs under half an hour go first, fold by fold, so that the cheap comparison
-    (nnU-Net, AutoSAM, linear, zero-shot) of whole folds lands before the hours-long runs start; these then
-    go cheapest first, so that a shard stopped early leaves the most runs finished.
+    Within a shard the lines go cheapest first, so that a shard stopped early leaves the most lines finished
+    (the cheap comparison of nnU-Net, AutoSAM, linear and zero-shot before the hours-long CNN and ft-all).
     """
     loads = [0.0] * count
-    assigned: list[list[Run]] = [[] for _ in range(count)]
-    for run in sorted(runs, key=lambda r: (-r.cost(schedule), r.name)):
+    assigned: list[list[Line]] = [[] for _ in range(count)]
+    for line in sorted(lines, key=lambda item: (-cost(item), item.name)):
         target = loads.index(min(loads))
-        loads[target] += run.cost(schedule)
-        assigned[target].append(run)
-
-    def order(run: Run) -> tuple:
-        cost = run.cost(schedule)
-        if cost > LONG_RUN_S:
-            return 1, cost, run.name
-        return 0, -1 if run.fold is None else run.fold, cost
-
-    return [sorted(share, key=order) for share in assigned]
+        loads[target] += cost(line)
+        assigned[target].append(line)
+    return [sorted(share, key=lambda item: (cost(item), item.name)) for share in assigned]
 
 
-def shard(runs: list, schedule: Schedule, text: str) -> list:
-    """The runs of shard ``text`` (``i/n``), in running order."""
+def shard(lines: list, cost, text: str) -> list:
+    """The lines of shard ``text`` (``i/n``), in running order."""
     index, count = parse_shard(text)
-    return shares(runs, schedule, count)[index]
+    return shares(lines, cost, count)[index]

@@ -51,17 +51,23 @@ def code_version() -> str | None:
 
 
 class LoggedWorkspace(Workspace):
-    """A workspace appending every command it runs to commands.log: the exact commands, published."""
+    """A workspace appending every command it runs to commands.log: the exact commands, published.
 
-    def __init__(self, root: Path, settings: dict):
+    ``shown``: settings that differ from command to command (a training's steps), written before the command as
+    shell assignments so that each logged line runs as it ran.
+    """
+
+    def __init__(self, root: Path, settings: dict, shown: dict | None = None):
         super().__init__(root, settings)
         self.log = Path(root) / "commands.log"
         self.settings = settings
+        self.shown = shown or {}
 
     def run(self, *command: str) -> str:
         shown = (
             ("nnunet-autosam", *command[3:]) if command[:3] == (sys.executable, "-m", "nnunet_autosam.cli") else command
         )
+        assignments = "".join(f"{key}={shlex.quote(value)} " for key, value in self.shown.items())
         with open(self.log, "a", encoding="utf-8") as log:
-            log.write(shlex.join(shown) + "\n")
+            log.write(assignments + shlex.join(shown) + "\n")
         return super().run(*command)

@@ -1,7 +1,8 @@
 """`nnunet-autosam compare --publish DIR`: what has finished, scored and written up where a reader can check it.
 
-DIR gets table.md (how it was made, the claims checked, the report's table), table.csv, plot.png,
-validation_curves.png and .csv (nnU-Net's pseudo-Dice per epoch from every fold's training log),
+DIR gets table.md (how it was made, the claims checked, each method's steps as its validation chose them, the
+report's table), table.csv, plot.png, validation_curves.png and .csv (nnU-Net's pseudo-Dice per epoch, from the
+training log of every fold that predicted the test set),
 commands.md (the commands as invoked and every command they ran), and timings.json (per run, with the
 machine and the code's commit). Paths under the output folder read OUTPUT.
 """
@@ -14,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from nnunet_autosam.comparison.dataset import TEST_FOLDERS, test_units
-from nnunet_autosam.comparison.protocol import METHODS, ZERO_SHOT
-from nnunet_autosam.comparison.provenance import code_version, machine
+from nnunet_autosam.comparison.protocol import METHODS, ZERO_SHOT, Line
+from nnunet_autosam.comparison.provenance import LoggedWorkspace, code_version, machine
 from nnunet_autosam.evaluation.report import dataset_title as report_title
 from nnunet_autosam.evaluation.report import display_label_names
 from nnunet_autosam.evaluation.report_tables import budget_heading
@@ -38,7 +39,8 @@ def publish(experiment, target: Path) -> None:
         else []
     )
     test_labels = ["--test-labels", str(plan.test_labels)] if plan.test_kind == TEST_FOLDERS else []
-    experiment.workspace.plugin(
+    chosen = {**experiment.workspace.settings, "nnUNet_results": str(experiment.chosen_root())}
+    LoggedWorkspace(experiment.root, chosen, shown={"nnUNet_results": chosen["nnUNet_results"]}).plugin(
         "report",
         "-d",
         prepared["dataset"],
@@ -51,14 +53,14 @@ def publish(experiment, target: Path) -> None:
         "-np",
         "2",
     )
-    records = sorted(
-        (json.loads(path.read_text()) for path in experiment.runs_dir.glob("*.json")), key=lambda r: r["run"]
-    )
+    records = read_records(experiment.runs_dir)
+    trainings = read_records(experiment.runs_dir / "training")
     target.mkdir(parents=True, exist_ok=True)
     curves = validation_curves(experiment, prepared, records)
     table = (
-        header(experiment, prepared, records)
-        + claims(experiment.args, report_dir / "report.csv")
+        header(experiment, prepared, records, trainings)
+        + claims(experiment.args, report_dir, experiment.folds(), folders(experiment, prepared))
+        + schedules(experiment, trainings, records)
         + (report_dir / "report.md").read_text(encoding="utf-8")
     )
     write_text(table.replace(str(experiment.root), "OUTPUT"), target / "table.md")
@@ -68,10 +70,25 @@ def publish(experiment, target: Path) -> None:
     write_curves(curves, dataset_title(experiment), target)
     write_text(commands(experiment), target / "commands.md")
     write_json(
-        {"prepare_s": prepared["wall_s"], "machine": machine(), "code": code_version(), "runs": records},
+        {
+            "prepare_s": prepared["wall_s"],
+            "machine": machine(),
+            "code": code_version(),
+            "runs": records,
+            "trainings": trainings,
+        },
         target / "timings.json",
     )
     print(f"published {target}: {', '.join(PUBLISHED)}, commands.md, timings.json")
+
+
+def folders(experiment, prepared: dict) -> dict:
+    """Method -> its nnU-Net results folder name, as the report's rows name them."""
+    return {method: experiment.folder(method, prepared) for method in experiment.args.methods if method in METHODS}
+
+
+def read_records(folder: Path) -> list:
+    return sorted((json.loads(path.read_text()) for path in folder.glob("*.json")), key=lambda r: r["run"])
 
 
 def dataset_json(experiment) -> dict:
@@ -97,21 +114,47 @@ def channels_line(experiment, prepared: dict, description: dict) -> list:
     return [line]
 
 
-def header(experiment, prepared: dict, records: list) -> str:
-    args, schedule = experiment.args, experiment.schedule
+def cache_mode(experiment, prepared: dict) -> str:
+    plans_file = experiment.preprocessed() / f"{prepared['sam_plans']}.json"
+    if not plans_file.is_file():
+        return "off"
+    encoder = json.loads(plans_file.read_text())["configurations"]["2d"].get("sam_encoder") or {}
+    return str(encoder.get("embedding_cache"))
+
+
+def head_training(mode: str) -> str:
+    if mode.startswith("cache_views"):
+        views = mode.partition(":")[2]
+        return f"from {views} views of each slice augmented as nnU-Net augments, embedded once ({mode})"
+    if mode == "cache":
+        return "from each slice's embedded centre patch, without augmentation (cache)"
+    return "on the fly, augmented as nnU-Net augments"
+
+
+def wall_by_method(records: list, trainings: list) -> dict:
+    """Method -> seconds: every training it ran (its ladder's included) and its test predictions."""
+    seconds: dict = {}
+    for record in trainings:
+        seconds[record["method"]] = seconds.get(record["method"], 0.0) + record["train_s"]
+    for record in records:
+        seconds[record["method"]] = seconds.get(record["method"], 0.0) + record.get("predict_s", 0.0)
+    return seconds
+
+
+def header(experiment, prepared: dict, records: list, trainings: list) -> str:
+    args, schedule, ladder = experiment.args, experiment.schedule, experiment.ladder
     plan = experiment.plan_of(prepared)
     description = dataset_json(experiment)
     where, tested = test_units(plan)
     word = "case" if where == str(plan.test_labels) or where.startswith("the dataset's own") else "patient"
     word += "" if len(tested) == 1 else "s"
     classes = display_label_names(description, [value for value in description["labels"].values() if value])
-    by_method: dict = {}
-    for record in records:
-        by_method[record["method"]] = by_method.get(record["method"], 0) + record["wall_s"]
+    by_method = wall_by_method(records, trainings)
     machines = sorted({f"{record['machine']} ({record['device']})" for record in records if "machine" in record})
     total = prepared["wall_s"] + sum(by_method.values())
     derived = description.get("derived_from")
     one_seed = [method for method in schedule.one_seed_methods if method in args.methods]
+    caps = ", ".join(f"{method} at most {steps}" for method, steps in ladder.caps.items())
     lines = [
         f"# Few-label {description.get('name') or plan.folder.name} on `{args.encoder}`: "
         f"test set of {len(tested)} {word}",
@@ -119,16 +162,19 @@ def header(experiment, prepared: dict, records: list) -> str:
         f"- Dataset: {dataset_title(experiment)}"
         + (f", derived from {derived['dataset']}" if derived else "")
         + f"; classes (dataset.json): {', '.join(classes.values())}",
-        f"- Schedule: every trained method {schedule.describe()} at batch {prepared['batch_size']}"
+        f"- Schedule: batch {prepared['batch_size']}, {schedule.iterations} iterations per epoch; each method's "
+        f"steps chosen on validation from the ladder {' '.join(map(str, ladder.rungs))}"
+        + (f" ({caps})" if caps else "")
+        + f" (below: S is enough when 2S adds less than {ladder.plateau_points:g} points)"
         + (f"; {', '.join(one_seed)} on seed 0 only" if one_seed else "")
-        + ". Frozen-encoder heads train from the embedding cache (no augmentation); nnU-Net and ft-all augment "
-        "as nnU-Net does. Prediction: nnUNetv2_predict, no test-time mirroring.",
+        + f". Frozen-encoder heads train {head_training(cache_mode(experiment, prepared))}; nnU-Net and ft-all "
+        "augment on the fly as nnU-Net does. Prediction: nnUNetv2_predict, no test-time mirroring.",
         *channels_line(experiment, prepared, description),
         f"- Test {word} ({where}, never used for any choice): {' '.join(tested)}",
         f"- Machine: {'; '.join(machines) or machine()}",
         f"- Code: {code_version() or 'an installed copy (no git checkout)'}",
-        f"- Wall time: preparation {prepared['wall_s'] / 60:.1f} min; "
-        + ", ".join(f"{method} {seconds / 60:.1f} min" for method, seconds in sorted(by_method.items()))
+        f"- CPU time (wall, trainings of the ladder included): preparation {prepared['wall_s'] / 60:.1f} min; "
+        + ", ".join(f"{method} {seconds / 3600:.2f} h" for method, seconds in sorted(by_method.items()))
         + f"; total {total / 3600:.2f} h",
         "- Commands: commands.md; per-run times: timings.json; validation curves: validation_curves.png",
         "",
@@ -137,28 +183,101 @@ def header(experiment, prepared: dict, records: list) -> str:
     return "\n".join(lines)
 
 
-def claims(args, report_csv: Path) -> str:
-    """The claims set for AutoSAM at the smallest budget, checked against the scored table, so that the
+def fold_dice(report_dir: Path, folder: str, fold: int) -> float | None:
+    """A fold's test mean foreground Dice in %, from the report's per-fold summary."""
+    summary = report_dir / "summaries" / f"{folder}__fold_{fold}.json"
+    if not summary.is_file():
+        return None
+    return 100 * json.loads(summary.read_text())["foreground_mean"]["Dice"]
+
+
+def claims(args, report_dir: Path, folds: list, folders: dict) -> str:
+    """At each budget: is the best trained SAM method above nnU-Net on the mean over seeds, and in how many paired
+    seeds; at the smallest, does AutoSAM reach ``--claim-min-dice``. Checked against the scored table, so that the
     table itself says when one fails."""
-    budget = min(args.budgets)
-    with open(report_csv, newline="", encoding="utf-8") as f:
-        rows = {row["folder"].split("__")[0]: row for row in csv.DictReader(f) if row["budget"] == str(budget)}
-    autosam, nnunet = (rows.get(METHODS[method].trainer) for method in ("autosam", "nnunet"))
-    title = f"## Claims at {budget_heading(budget)}, as measured"
-    if not (autosam and nnunet and int(autosam["n_seeds"]) and int(nnunet["n_seeds"])):
-        return f"{title}\n\nNot measured: AutoSAM and stock nnU-Net need a scored fold each.\n\n"
-    dice, reference = float(autosam["mean_Dice_mean"]), float(nnunet["mean_Dice_mean"])
-    seeds = f"{autosam['n_seeds']} of {args.seeds} seeds"
-    lines = [title, ""]
-    if args.claim_min_dice is not None:
+    with open(report_dir / "report.csv", newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.DictReader(f) if row["n_seeds"] not in ("", "0")]
+    lines = ["## Claims, as measured", ""]
+    for budget in sorted(args.budgets):
+        by_method = {
+            method: row
+            for row in rows
+            if row["budget"] == str(budget)
+            for method, folder in folders.items()
+            if row["folder"] == folder
+        }
+        title = f"- {budget_heading(budget)}:"
+        sam = {method: row for method, row in by_method.items() if METHODS[method].sam_plans}
+        if "nnunet" not in by_method or not sam:
+            lines.append(f"{title} not measured (nnU-Net and a trained SAM method need a scored fold each)")
+            continue
+        nnunet = float(by_method["nnunet"]["mean_Dice_mean"])
+        best = max(sam, key=lambda method: float(sam[method]["mean_Dice_mean"]))
+        dice = float(sam[best]["mean_Dice_mean"])
+        paired = []
+        for fold in (f for f in folds if f["budget"] == budget):
+            sam_dice, nnunet_dice = (fold_dice(report_dir, folders[m], fold["fold"]) for m in (best, "nnunet"))
+            if sam_dice is not None and nnunet_dice is not None:
+                paired.append(sam_dice > nnunet_dice)
         lines.append(
-            f"- AutoSAM's mean Dice, averaged over the seeds, is at least {args.claim_min_dice:g}: "
-            f"{'holds' if dice >= args.claim_min_dice else '**fails**'} ({dice:.1f} over {seeds})"
+            f"{title} the best trained SAM method ({best}, {dice:.1f} over {sam[best]['n_seeds']} seeds) is above "
+            f"nnU-Net ({nnunet:.1f} over {by_method['nnunet']['n_seeds']} seeds): "
+            f"{'holds' if dice > nnunet else '**fails**'}; above it in {sum(paired)} of {len(paired)} paired seeds"
         )
-    lines.append(
-        f"- AutoSAM beats stock nnU-Net at the same budget and schedule: "
-        f"{'holds' if dice > reference else '**fails**'} ({dice:.1f} against {reference:.1f})"
-    )
+        if budget == min(args.budgets) and args.claim_min_dice is not None and "autosam" in by_method:
+            autosam = float(by_method["autosam"]["mean_Dice_mean"])
+            lines.append(
+                f"{title} AutoSAM's mean Dice, averaged over the seeds, is at least {args.claim_min_dice:g}: "
+                f"{'holds' if autosam >= args.claim_min_dice else '**fails**'} "
+                f"({autosam:.1f} over {by_method['autosam']['n_seeds']} of {args.seeds} seeds)"
+            )
+    lines.append("- Zero-shot SAM is left out of these claims: its box prompts come from the test labels.")
+    return "\n".join([*lines, "", ""])
+
+
+def schedules(experiment, trainings: list, records: list) -> str:
+    """Each method's climb on seed 0 (validation mean Dice per rung), its S, and every seed's validation at S."""
+    ladder = experiment.ladder
+    lines = [
+        "## Steps per method, chosen on validation",
+        "",
+        f"Seed 0 of each method and budget trained at each rung until 2S steps added less than "
+        f"{ladder.plateau_points:g} points of mean Dice over S on the shared validation patients (nnU-Net's final "
+        "validation of the last checkpoint; the test set plays no part); every seed then trained at S. Validation "
+        "mean Dice in %; CPU hours of the line's trainings and test predictions.",
+        "",
+        "| method | budget | seed 0 per rung (steps: Dice) | S | 2S adds | validation Dice at S, per seed | CPU h |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method in (m for m in experiment.args.methods if m in METHODS):
+        for budget in sorted(experiment.args.budgets):
+            line_folds = experiment.line_folds(Line(method, budget))
+            dice = experiment.validation_dice(method, line_folds[0]["fold"])
+            if not dice:
+                continue
+            choice = ladder.choice(method, dice)
+            if choice is None:
+                chosen, gain = "climbing", ""
+            elif choice.plateau_shown:
+                chosen, gain = str(choice.steps), f"{dice[2 * choice.steps] - dice[choice.steps]:+.1f}"
+            else:
+                chosen, gain = str(choice.steps), "top rung: no plateau shown"
+            fold_ids = {fold["fold"] for fold in line_folds}
+            at_s = [
+                f"{record['val_dice']:.1f}"
+                for fold in line_folds
+                for record in trainings
+                if choice
+                and record["method"] == method
+                and record["fold"] == fold["fold"]
+                and record.get("steps") == choice.steps
+            ]
+            seconds = sum(r["train_s"] for r in trainings if r["method"] == method and r.get("fold") in fold_ids)
+            seconds += sum(r["predict_s"] for r in records if r["method"] == method and r.get("fold") in fold_ids)
+            rungs = ", ".join(f"{steps}: {value:.1f}" for steps, value in sorted(dice.items()))
+            lines.append(
+                f"| {method} | {budget} | {rungs} | {chosen} | {gain} | {' / '.join(at_s)} | {seconds / 3600:.2f} |"
+            )
     return "\n".join([*lines, "", ""])
 
 
@@ -177,18 +296,16 @@ def pseudo_dice_per_epoch(log_files) -> dict:
 
 
 def validation_curves(experiment, prepared: dict, records: list) -> list:
-    """(method, fold, budget, seed, {epoch: pseudo-Dice}) of every finished trained run."""
-    folds = {
-        f["fold"]: f for f in json.loads((experiment.preprocessed() / "few_label_splits.json").read_text())["folds"]
-    }
-    results = experiment.root / "nnUNet_results" / experiment.workspace.dataset_name
+    """(method, fold, budget, seed, {training step: pseudo-Dice}) of every run that predicted the test set."""
+    folds = {f["fold"]: f for f in experiment.folds()}
     curves = []
     for record in records:
         if record.get("fold") is None or record["method"] not in METHODS:
             continue
-        fold_dir = results / experiment.folder(record["method"], prepared) / f"fold_{record['fold']}"
+        fold_dir = experiment.fold_dir(record["method"], record["fold"], record["steps"], prepared)
         split = folds[record["fold"]]
-        curve = pseudo_dice_per_epoch(fold_dir.glob("training_log_*.txt"))
+        per_epoch = pseudo_dice_per_epoch(fold_dir.glob("training_log_*.txt"))
+        curve = {(epoch + 1) * experiment.schedule.iterations: dice for epoch, dice in per_epoch.items()}
         curves.append((record["method"], record["fold"], split["budget"], split["seed"], curve))
     return curves
 
@@ -197,11 +314,9 @@ def write_curves(curves: list, title: str, target: Path) -> None:
     """validation_curves.csv (one row per fold and epoch) and validation_curves.png (one panel per budget)."""
     with atomic_path(target / "validation_curves.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "fold", "budget", "seed", "epoch", "pseudo_dice"])
+        writer.writerow(["method", "fold", "budget", "seed", "step", "pseudo_dice"])
         for method, fold, budget, seed, curve in curves:
-            writer.writerows(
-                [method, fold, budget, seed, epoch, f"{dice:.4f}"] for epoch, dice in sorted(curve.items())
-            )
+            writer.writerows([method, fold, budget, seed, step, f"{dice:.4f}"] for step, dice in sorted(curve.items()))
     import matplotlib  # imported here: the CLI imports every command module, and only publishing plots
 
     matplotlib.use("Agg")
@@ -214,10 +329,10 @@ def write_curves(curves: list, title: str, target: Path) -> None:
     for axis, budget in zip(axes[0], budgets):
         for method, _, curve_budget, _, curve in curves:
             if curve_budget == budget and curve:
-                epochs = sorted(curve)
-                axis.plot(epochs, [100 * curve[e] for e in epochs], marker="o", color=colours[method], label=method)
+                steps = sorted(curve)
+                axis.plot(steps, [100 * curve[step] for step in steps], color=colours[method], label=method, alpha=0.8)
         axis.set_title(f"{title}: {budget_heading(budget)}", fontsize="small")
-        axis.set_xlabel("epoch")
+        axis.set_xlabel("training step (each method at its chosen S, every seed)")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel("validation pseudo-Dice (%)")
         axis.grid(alpha=0.3)

@@ -11,25 +11,29 @@ Protocol, fixed before anything trains:
   out into a derived dataset (--holdout N; comparison/holdout.py). No split, plan or model choice looks at it;
 - units: cases that belong together (frames of one patient) are one unit in the test set, the budgets and the
   validation set (data/grouping.py); budgets count units;
-- folds: ``splits --labelled 1 5 --seeds 3`` over the remaining units, with a small shared validation set that
-  nnU-Net's final validation uses (the final checkpoint is scored; nothing is selected on validation);
+- folds: ``splits --labelled 1 5 --seeds 3`` over the remaining units, with a shared validation set that
+  nnU-Net's final validation uses (the final checkpoint is scored);
 - methods: stock nnU-Net 2d, every registered head on one frozen encoder (``lite_medsam`` by default), AutoSAM
   with its encoder trained (ft all), zero-shot SAM with oracle boxes, and optionally the SimCLR baseline;
-- schedule: every trained method the same iterations and batch size. ``cpu`` (default): 10 epochs x 20 iterations
-  at batch 4, CNN and ft-all on seed 0 only. ``full``: nnU-Net's own 1000 x 250 iterations at its planned 2d
-  batch size, every method on every seed (for a GPU);
+- schedule: every trained method at one batch size, for the steps its own validation chose (comparison/ladder.py):
+  seed 0 trains at 250, 500, ... steps until doubling them adds less than ``--plateau`` points of validation mean
+  Dice, and every seed trains at that S. ``cpu`` (default): rungs 250 to 4000 at batch 4, ft-all on seed 0 only.
+  ``full``: nnU-Net's own 1000 x 250 iterations at its planned 2d batch size, every method on every seed (a GPU);
 - channels: every channel of a multi-channel dataset reaches nnU-Net and the SAM heads (``--channels stack`` or
   ``separate`` chooses how the encoder takes them, through ``plans --channels``); zero-shot prompts channel 0;
-- the frozen-encoder heads train from the embedding cache; test predictions are nnUNetv2_predict without
-  test-time mirroring, whose frozen-encoder passes are shared by every method and fold through
-  ``AUTOSAM_EMBEDDING_MEMO`` (the same labels, tested); scores are ``nnunet-autosam report``.
+- the frozen-encoder heads train from the embedding cache, by default on 8 views per slice augmented as nnU-Net
+  augments (``--embedding-cache``); test predictions are nnUNetv2_predict without test-time mirroring, whose
+  frozen-encoder passes are shared by every method and fold through ``AUTOSAM_EMBEDDING_MEMO`` (the same labels,
+  tested); scores are ``nnunet-autosam report``.
 
-Resumable: each run (train + predict one method on one fold) writes ``OUTPUT/runs/<run>.json`` when it has
-finished, and is never redone; an interrupted run is wiped and restarted. Shardable: ``--shard i/n`` takes a
-share of the runs balanced by their expected cost; shards may run at once on one output folder.
+Resumable: each training writes ``OUTPUT/runs/training/<method>_fold<k>_<steps>steps.json`` with its validation
+Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone, and an
+interrupted one is wiped and restarted. Shardable: ``--shard i/n`` takes a share of the lines (one method at one
+budget: its climb, then its seeds) balanced by their cost at most; shards may run at once on one output folder.
 """
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -40,14 +44,15 @@ from tqdm import tqdm
 
 from nnunet_autosam.comparison import publish
 from nnunet_autosam.comparison.dataset import HOLDOUT, TEST_FOLDERS, Plan, plan_dataset
+from nnunet_autosam.comparison.ladder import Ladder, parse_caps
 from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.protocol import (
     DEFAULT_METHODS,
     METHODS,
     SCHEDULES,
     ZERO_SHOT,
-    Run,
-    all_runs,
+    Line,
+    all_lines,
     custom_schedule,
     shard,
     shares,
@@ -69,11 +74,11 @@ class Experiment:
     def __init__(self, args):
         self.args = args
         self.root = Path(args.output).resolve()
-        self.schedule = custom_schedule(args.schedule, args.epochs, args.iters, args.batch_size)
+        self.schedule = custom_schedule(args.schedule, args.ladder, args.iters, args.batch_size, args.one_seed)
+        self.ladder = Ladder(self.schedule.rungs, args.plateau, parse_caps(args.cap))
         self.grouping = grouping_from_args(args)
         # Test tiles of every frozen-encoder method and fold share one encoder pass (embedding_memo.py).
-        settings = {**self.schedule.environment(), MEMO_ENV: str(self.root / "embedding_memo")}
-        self.workspace = LoggedWorkspace(self.root, settings)
+        self.workspace = LoggedWorkspace(self.root, {MEMO_ENV: str(self.root / "embedding_memo")})
         self.runs_dir = self.root / "runs"
         self.marker = self.root / "prepared.json"
 
@@ -92,7 +97,8 @@ class Experiment:
                 self.workspace.plugin("holdout", str(plan.source), "-d", plan.dataset_id, *holdout)
             elif plan.folder.resolve() != plan.source:
                 self.workspace.run("ln", "-sfn", str(plan.source), str(plan.folder))
-            encoder_args = ["--encoder", self.args.encoder, "--embedding-cache", "cache", *self.input_size_args()]
+            encoder_args = ["--encoder", self.args.encoder, "--embedding-cache", self.args.embedding_cache]
+            encoder_args += self.input_size_args()
             encoder_args += ["--channels", self.args.channels] if self.args.channels else []
             batch_args = ["--batch-size", str(self.schedule.batch_size)] if self.schedule.batch_size else []
             sam_plans = self.workspace.plan(encoder_args + batch_args)
@@ -152,16 +158,22 @@ class Experiment:
 
     # --------------------------------------------------------------------------------------------- runs
 
-    def all_runs(self) -> list:
-        folds = json.loads((self.preprocessed() / "few_label_splits.json").read_text())["folds"]
-        return all_runs(self.args.methods, folds, self.schedule)
+    def folds(self) -> list:
+        return json.loads((self.preprocessed() / "few_label_splits.json").read_text())["folds"]
 
-    def shard(self, runs: list) -> list:
-        """This shard's runs (``--shard i/n``), in running order."""
-        return shard(runs, self.schedule, self.args.shard)
+    def all_lines(self) -> list:
+        return all_lines(self.args.methods, self.args.budgets)
+
+    def line_cost(self, line: Line) -> float:
+        return line.cost(self.schedule, self.ladder.rungs_for(line.method), self.args.seeds)
+
+    def line_folds(self, line: Line) -> list:
+        """The folds of a line's budget, seed 0 first; seed 0 alone for a one-seed method."""
+        folds = sorted((f for f in self.folds() if f["budget"] == line.budget), key=lambda f: f["seed"])
+        return folds[:1] if line.method in self.schedule.one_seed_methods else folds
 
     def trainer(self, method: str) -> str:
-        if method == "nnunet" and self.schedule.epochs is None:
+        if method == "nnunet" and self.args.schedule == "full":
             return "nnUNetTrainer"  # the full schedule is stock nnU-Net itself
         return METHODS[method].trainer
 
@@ -170,8 +182,91 @@ class Experiment:
         plans = prepared["sam_plans"] if METHODS[method].sam_plans else prepared["stock_plans"]
         return f"{self.trainer(method)}__{plans}__2d"
 
+    def results_root(self, steps: int) -> Path:
+        """nnUNet_results of the trainings at ``steps`` steps: one per rung, as nnU-Net keeps one model per fold."""
+        return self.root / "nnUNet_results" / f"steps_{steps}"
+
+    def chosen_root(self) -> Path:
+        """An nnUNet_results of every method's folds at the steps their validation chose (links into the rungs'):
+        the report scores it, and nnUNetv2_predict runs from it as from any results folder."""
+        return self.root / "nnUNet_results" / "chosen"
+
+    def choose(self, method: str, fold: int, steps: int, prepared: dict) -> None:
+        """Link a fold trained at ``steps`` into the chosen results, with its method folder's plans and dataset."""
+        trained = self.fold_dir(method, fold, steps, prepared)
+        method_dir = self.chosen_root() / self.workspace.dataset_name / trained.parent.name
+        method_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("dataset.json", "plans.json", "dataset_fingerprint.json"):
+            if (trained.parent / name).is_file():
+                shutil.copyfile(trained.parent / name, method_dir / name)
+        link = method_dir / trained.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(trained, method_dir), target_is_directory=True)
+
+    def fold_dir(self, method: str, fold: int, steps: int, prepared: dict) -> Path:
+        return self.results_root(steps) / self.workspace.dataset_name / self.folder(method, prepared) / f"fold_{fold}"
+
+    def workspace_at(self, steps: int) -> LoggedWorkspace:
+        """The workspace whose trainings run ``steps`` steps into their own nnUNet_results."""
+        settings = {**self.schedule.environment(steps), "nnUNet_results": str(self.results_root(steps))}
+        workspace = LoggedWorkspace(self.root, {**self.workspace.settings, **settings}, shown=settings)
+        workspace.dataset = self.workspace.dataset
+        return workspace
+
     def zero_shot_dir(self) -> Path:
         return self.root / "zero_shot" / f"zero_shot_{self.args.encoder}"
+
+    def training_record(self, method: str, fold: int, steps: int) -> Path:
+        return self.runs_dir / "training" / f"{method}_fold{fold}_{steps}steps.json"
+
+    def validation_dice(self, method: str, fold: int) -> dict:
+        """{steps: mean foreground Dice in %} of nnU-Net's final validation, for every rung trained so far."""
+        records = self.runs_dir / "training"
+        found = {}
+        for steps in self.ladder.rungs:
+            path = records / f"{method}_fold{fold}_{steps}steps.json"
+            if path.is_file():
+                found[steps] = json.loads(path.read_text())["val_dice"]
+        return found
+
+    def choice(self, method: str, fold: int):
+        """The steps seed 0's validation chose (None while it climbs)."""
+        return self.ladder.choice(method, self.validation_dice(method, fold))
+
+    def train(self, method: str, fold: int, steps: int, prepared: dict) -> dict:
+        """Train one fold at ``steps`` from scratch (wiping an interrupted attempt) and score its validation."""
+        marker = self.training_record(method, fold, steps)
+        if marker.is_file():
+            return json.loads(marker.read_text())
+        start = time.perf_counter()
+        fold_dir = self.fold_dir(method, fold, steps, prepared)
+        shutil.rmtree(fold_dir, ignore_errors=True)
+        workspace = self.workspace_at(steps)
+        options = ["-pretrained_weights", str(self.simclr_checkpoint())] if method == "simclr" else []
+        plans = self.folder(method, prepared).split("__")[1]
+        workspace.train(self.trainer(method), fold, plans, self.args.device, *options)
+        summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
+        record = {
+            "run": marker.stem,
+            "method": method,
+            "fold": fold,
+            "steps": steps,
+            "val_dice": round(100 * summary["foreground_mean"]["Dice"], 2),
+            "train_s": round(time.perf_counter() - start, 1),
+            "finished": now(),
+            "machine": machine(),
+            "device": self.args.device,
+        }
+        write_json(record, marker)
+        return record
+
+    def climb(self, method: str, fold: int, prepared: dict):
+        """Seed 0 up the ladder until its validation chooses S (or reaches the top rung)."""
+        while (steps := self.ladder.next_rung(method, self.validation_dice(method, fold))) is not None:
+            tqdm.write(f"{now()} {method} fold {fold}: {steps} steps (ladder)")
+            self.train(method, fold, steps, prepared)
+        return self.choice(method, fold)
 
     def prefill_test_tiles(self, plan: Plan, plans: str) -> None:
         """The test tiles into the embedding memo in batches, once (per precision) for every head and fold."""
@@ -182,82 +277,122 @@ class Experiment:
             self.workspace.prefill_memo(plan.test_images, plans, self.args.device)
             write_text(now() + "\n", marker)
 
-    def execute(self, run: Run, prepared: dict) -> None:
-        """Train and predict one run from scratch (wiping an interrupted attempt), then mark it done."""
+    def test(self, method: str, fold: int, choice, prepared: dict) -> None:
+        """Train one fold at the chosen steps (seed 0's is the ladder's run) and predict the test set with it."""
+        marker = self.runs_dir / f"{method}_fold{fold}.json"
+        if marker.is_file():
+            return
+        training = self.train(method, fold, choice.steps, prepared)
+        plan = self.plan_of(prepared)
+        folder = self.folder(method, prepared)
+        plans = folder.split("__")[1]
+        predictions = self.root / "test_predictions" / folder / f"fold_{fold}"
+        shutil.rmtree(predictions, ignore_errors=True)
+        self.choose(method, fold, choice.steps, prepared)
+        start = time.perf_counter()
+        if method in HEADS:
+            self.prefill_test_tiles(plan, plans)
+        self.workspace_at(choice.steps).predict(
+            plan.test_images, predictions, self.trainer(method), fold, plans, self.args.device
+        )
+        predict_s = round(time.perf_counter() - start, 1)
+        record = {
+            "run": marker.stem,
+            "method": method,
+            "fold": fold,
+            "steps": choice.steps,
+            "plateau_shown": choice.plateau_shown,
+            "val_dice": training["val_dice"],
+            "train_s": training["train_s"],
+            "predict_s": predict_s,
+            "wall_s": round(training["train_s"] + predict_s, 1),
+            "finished": now(),
+            "machine": machine(),
+            "device": self.args.device,
+        }
+        write_json(record, marker)
+
+    def zero_shot(self, prepared: dict) -> None:
+        marker = self.runs_dir / f"{ZERO_SHOT}.json"
+        if marker.is_file():
+            return
         plan = self.plan_of(prepared)
         start = time.perf_counter()
-        record: dict = {"run": run.name, "method": run.method, "fold": run.fold, "started": now()}
-        if run.fold is None:
-            shutil.rmtree(self.zero_shot_dir(), ignore_errors=True)
-            labels = ["--labels-dir", str(plan.test_labels)] if plan.test_kind == TEST_FOLDERS else []
-            self.workspace.plugin(
-                "zero-shot",
-                "-d",
-                prepared["dataset"],
-                "-i",
-                str(plan.test_images),
-                "-o",
-                str(self.zero_shot_dir()),
-                "--encoder",
-                self.args.encoder,
-                "--device",
-                self.args.device,
-                *self.input_size_args(),
-                *labels,
-            )
-            record["predict_s"] = round(time.perf_counter() - start, 1)
-        else:
-            folder = self.folder(run.method, prepared)
-            plans = folder.split("__")[1]
-            predictions = self.root / "test_predictions" / folder / f"fold_{run.fold}"
-            shutil.rmtree(
-                self.root / "nnUNet_results" / self.workspace.dataset_name / folder / f"fold_{run.fold}", True
-            )
-            shutil.rmtree(predictions, ignore_errors=True)
-            options = ["-pretrained_weights", str(self.simclr_checkpoint())] if run.method == "simclr" else []
-            self.workspace.train(self.trainer(run.method), run.fold, plans, self.args.device, *options)
-            record["train_s"] = round(time.perf_counter() - start, 1)
-            if run.method in HEADS:
-                self.prefill_test_tiles(plan, plans)
-            self.workspace.predict(
-                plan.test_images, predictions, self.trainer(run.method), run.fold, plans, self.args.device
-            )
-            record["predict_s"] = round(time.perf_counter() - start - record["train_s"], 1)
-        record.update(
-            wall_s=round(time.perf_counter() - start, 1), finished=now(), machine=machine(), device=self.args.device
+        shutil.rmtree(self.zero_shot_dir(), ignore_errors=True)
+        labels = ["--labels-dir", str(plan.test_labels)] if plan.test_kind == TEST_FOLDERS else []
+        self.workspace.plugin(
+            "zero-shot",
+            "-d",
+            prepared["dataset"],
+            "-i",
+            str(plan.test_images),
+            "-o",
+            str(self.zero_shot_dir()),
+            "--encoder",
+            self.args.encoder,
+            "--device",
+            self.args.device,
+            *self.input_size_args(),
+            *labels,
         )
-        write_json(record, self.runs_dir / f"{run.name}.json")
+        wall_s = round(time.perf_counter() - start, 1)
+        record = {"run": ZERO_SHOT, "method": ZERO_SHOT, "fold": None, "predict_s": wall_s, "wall_s": wall_s}
+        record.update(finished=now(), machine=machine(), device=self.args.device)
+        write_json(record, marker)
+
+    def run_line(self, line: Line, prepared: dict) -> None:
+        """A line to its end: the zero-shot baseline, or seed 0's climb and every seed at the chosen steps."""
+        if line.budget is None:
+            self.zero_shot(prepared)
+            return
+        folds = [fold["fold"] for fold in self.line_folds(line)]
+        choice = self.climb(line.method, folds[0], prepared)
+        for fold in folds:
+            tqdm.write(f"{now()} {line.method} fold {fold}: {choice.steps} steps, test set")
+            self.test(line.method, fold, choice, prepared)
+
+    def line_status(self, line: Line) -> str:
+        """Where a line stands, in words, for --plan."""
+        if line.budget is None:
+            return "done" if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else "to run"
+        folds = [fold["fold"] for fold in self.line_folds(line)]
+        dice = self.validation_dice(line.method, folds[0])
+        choice = self.ladder.choice(line.method, dice)
+        if choice is None:
+            return "climbing" + (f", done {' '.join(map(str, dice))}" if dice else "")
+        tested = sum((self.runs_dir / f"{line.method}_fold{fold}.json").is_file() for fold in folds)
+        return f"S = {choice.steps}, {tested} of {len(folds)} seeds tested"
 
     def input_size_args(self) -> list:
         return ["--input-size", str(self.args.input_size)] if self.args.input_size else []
 
     def simclr_checkpoint(self) -> Path:
-        """SimCLR pretraining on every training image, once for all folds (its own run marker, counted as simclr's)."""
-        marker = self.runs_dir / "simclr_pretraining.json"
+        """SimCLR pretraining on every training image, once for all folds, at SimCLR's top rung (its own marker)."""
+        marker = self.runs_dir / "training" / "simclr_pretraining.json"
+        workspace = self.workspace_at(self.ladder.rungs_for("simclr")[-1])
         with exclusive(self.root / "simclr.lock"):
             if not marker.is_file():
                 start = time.perf_counter()
-                self.workspace.pretrain_simclr(self.args.device)
+                workspace.pretrain_simclr(self.args.device)
                 record: dict = {"run": "simclr_pretraining", "method": "simclr", "fold": None}
                 record.update(
-                    wall_s=round(time.perf_counter() - start, 1),
+                    train_s=round(time.perf_counter() - start, 1),
                     finished=now(),
                     machine=machine(),
                     device=self.args.device,
                 )
                 write_json(record, marker)
-        return self.workspace.simclr_checkpoint
+        return workspace.simclr_checkpoint
 
     def plan(self) -> None:
-        """Print every shard's runs and expected hours on this project's 2-core CPU; train nothing."""
+        """Print every shard's lines, where each stands and its hours at most on this project's 2-core CPU."""
         self.prepare()
-        every_share = shares(self.all_runs(), self.schedule, parse_shard(self.args.shard)[1])
+        every_share = shares(self.all_lines(), self.line_cost, parse_shard(self.args.shard)[1])
         for index, share in enumerate(every_share):
-            hours = sum(run.cost(self.schedule) for run in share) / 3600
-            done = sum((self.runs_dir / f"{run.name}.json").is_file() for run in share)
+            hours = sum(self.line_cost(line) for line in share) / 3600
             print(
-                f"shard {index}/{len(every_share)}: about {hours:.1f} h on a 2-core CPU, "
-                f"{done} of {len(share)} runs done: " + " ".join(run.name for run in share)
+                f"shard {index}/{len(every_share)}: at most {hours:.1f} h on a 2-core CPU: "
+                + "; ".join(f"{line.name} ({self.line_status(line)})" for line in share)
             )
 
     def run_shard(self) -> None:
@@ -265,15 +400,10 @@ class Experiment:
         with open(self.root / "invocations.log", "a", encoding="utf-8") as log:
             log.write(f"{now()} {machine()}: {invocation()}\n")
         prepared = self.prepare()
-        runs = self.shard(self.all_runs())
-        todo = [run for run in runs if not (self.runs_dir / f"{run.name}.json").is_file()]
-        print(
-            f"shard {self.args.shard}: {len(runs)} runs, {len(runs) - len(todo)} done before, {len(todo)} to run",
-            flush=True,
-        )
-        for run in tqdm(todo, desc=f"few-label comparison, shard {self.args.shard}", unit="run"):
-            tqdm.write(f"{now()} {run.name}")
-            self.execute(run, prepared)
+        lines = shard(self.all_lines(), self.line_cost, self.args.shard)
+        print(f"shard {self.args.shard}: {len(lines)} lines: {' '.join(line.name for line in lines)}", flush=True)
+        for line in tqdm(lines, desc=f"few-label comparison, shard {self.args.shard}", unit="line"):
+            self.run_line(line, prepared)
 
 
 def invocation() -> str:
@@ -310,10 +440,48 @@ def add_parser(subparsers) -> None:
         "encoder's R, G, B) or separate (each through the encoder, fused) (default: plans' default for the "
         "channel count)",
     )
-    parser.add_argument("--schedule", choices=SCHEDULES, default="cpu")
-    parser.add_argument("--epochs", type=int, help="override the schedule's epochs (e.g. for a smoke test)")
-    parser.add_argument("--iters", type=int, help="override the schedule's iterations per epoch")
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="cpu",
+        help="cpu: a ladder of 250 to 4000 steps of 50 iterations per epoch at batch 4, ft-all on seed 0 only; "
+        "full: nnU-Net's own 1000 x 250 iterations at its planned batch (default: cpu)",
+    )
+    parser.add_argument(
+        "--ladder",
+        type=int,
+        nargs="+",
+        metavar="STEPS",
+        help="training steps to choose each method's schedule from, each twice the last (one value: a fixed "
+        "schedule; default: the schedule's)",
+    )
+    parser.add_argument(
+        "--plateau",
+        type=float,
+        default=2.0,
+        help="S steps are enough when 2S adds less than this much validation mean Dice, in points (default: 2)",
+    )
+    parser.add_argument(
+        "--cap",
+        nargs="+",
+        metavar="METHOD=STEPS",
+        help="a method's highest rung, for one whose steps cost too much to climb further (e.g. ftall=500)",
+    )
+    parser.add_argument("--iters", type=int, help="training iterations per epoch (default: the schedule's)")
     parser.add_argument("--batch-size", type=int, help="override the schedule's batch size")
+    parser.add_argument(
+        "--one-seed",
+        nargs="*",
+        choices=[*METHODS],
+        help="methods trained on seed 0 only (default: the schedule's; none: every method on every seed)",
+    )
+    parser.add_argument(
+        "--embedding-cache",
+        default="cache_views:8",
+        help="how the frozen-encoder heads train, passed to plans --embedding-cache: cache_views:K (K augmented "
+        "views per slice, nnU-Net's augmentation, embedded once), cache (each slice's centre patch, no "
+        "augmentation) or off (default: cache_views:8)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--shard", default="0/1", help="i/n: this shard's share of the runs (default 0/1: all)")
     parser.add_argument(

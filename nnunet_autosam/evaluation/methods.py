@@ -13,7 +13,7 @@ def _method_names() -> dict:
     trained beside AutoSAM as in the paper's table."""
     names = {
         "nnUNetTrainer": "nnU-Net 2d",
-        BASELINE_TRAINER: "nnU-Net 2d (short schedule)",
+        BASELINE_TRAINER: "nnU-Net 2d (set steps)",
         SIMCLR_TRAINER: "nnU-Net 2d + SimCLR",
     }
     for head, spec in HEADS.items():

@@ -53,18 +53,18 @@ class Workspace:
         # costs more than they save (measured on 2 cores: a 4-case validation 23 s with two, 13-15 s with one).
         self.root = Path(root)
         self.dataset = dataset
-        self.env = dict(
-            os.environ,
-            nnUNet_raw=str(self.root / "nnUNet_raw"),
-            nnUNet_preprocessed=str(self.root / "nnUNet_preprocessed"),
-            nnUNet_results=str(self.root / "nnUNet_results"),
-            nnUNet_extTrainer=str(trainer_dir()),
-            nnUNet_def_n_proc="1",
-            **schedule,
+        self.env = {
+            **os.environ,
+            "nnUNet_raw": str(self.root / "nnUNet_raw"),
+            "nnUNet_preprocessed": str(self.root / "nnUNet_preprocessed"),
+            "nnUNet_results": str(self.root / "nnUNet_results"),
+            "nnUNet_extTrainer": str(trainer_dir()),
+            "nnUNet_def_n_proc": "1",
+            **schedule,  # may place nnUNet_results elsewhere (the comparison keeps one per step count)
             **(extra_env or {}),
-        )
+        }
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            Path(self.env[name]).mkdir(parents=True, exist_ok=True)
 
     def run(self, *command: str) -> str:
         """Run one command (nnU-Net's by their bare names); return its stdout, or fail with its output's tail."""
@@ -111,8 +111,7 @@ class Workspace:
     def simclr_checkpoint(self) -> Path:
         """Where SimCLR pretraining leaves the checkpoint that the fine-tuning folds start from."""
         return (
-            self.root
-            / "nnUNet_results"
+            Path(self.env["nnUNet_results"])
             / self.dataset_name
             / f"{SIMCLR_PRETRAINER}__{STOCK_PLANS}__2d"
             / "fold_all"
