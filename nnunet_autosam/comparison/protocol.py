@@ -3,9 +3,10 @@
 Every method trains at the same batch size on the same folds, for the steps its validation chose on the
 schedule's ladder (comparison/ladder.py). A line is one method at one budget (the climb on seed 0, then
 every seed at the chosen steps, each predicting the test set), or the zero-shot baseline. Costs are this project's
-measurements on its 2-core CPU (the cpu schedule's ACDC runs in results/acdc_lite_medsam, mostly idle;
-ft-all from its fold-3 run, which had the CPU to itself); they balance shards and let ``--plan`` say
-how long each takes, and a head from outside the project is costed as AutoSAM.
+measurements on its 2-core CPU in bf16 (AMD EPYC, AVX512-BF16): training steps at batch 4, nnU-Net's from a
+2000-step ACDC run, the heads' from cached embeddings (a few steps timed beside another job, halved), ft-all's
+the fp32 figure of its idle ACDC run, an upper bound; they balance shards and let ``--plan`` say how long each
+takes, and a head from outside the project is costed as AutoSAM.
 """
 
 from dataclasses import dataclass
@@ -26,19 +27,19 @@ class Method:
     cpu_run_s: float
 
 
-HEAD_CPU_COSTS = {"autosam": (0.65, 75.0), "linear": (0.45, 50.0), "cnn": (10.5, 1200.0)}
+HEAD_CPU_COSTS = {"autosam": (0.6, 150.0), "linear": (0.35, 120.0), "cnn": (8.0, 1200.0)}
 
 
 def method_table() -> dict:
     """Method name -> Method: stock nnU-Net, every registered head on the frozen encoder, ft-all, SimCLR."""
     return {
-        "nnunet": Method(BASELINE_TRAINER, False, 1.7, 230.0),
+        "nnunet": Method(BASELINE_TRAINER, False, 1.2, 230.0),
         **{
             name: Method(spec.trainer, True, *HEAD_CPU_COSTS.get(name, HEAD_CPU_COSTS["autosam"]))
             for name, spec in HEADS.items()
         },
         "ftall": Method(FULL_FT_TRAINER, True, 14.0, 1700.0),
-        "simclr": Method(SIMCLR_TRAINER, False, 1.7, 230.0),
+        "simclr": Method(SIMCLR_TRAINER, False, 1.2, 230.0),
     }
 
 
