@@ -38,6 +38,8 @@ SMOKE = [
     "--ladder",
     "2",
     "4",
+    "--plateau",
+    "100",  # 4 steps add less than 100 points to 2 steps' Dice whatever the blobs: S is 2, and seed 0 trains both
     "--iters",
     "2",
     "--methods",
@@ -112,13 +114,14 @@ def test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validat
             assert 0 <= dice[steps] <= 100 and record["train_s"] > 0
             (line,) = [c for c in commands if f"-tr {trainer} " in c and f"/steps_{steps} nnUNetv2_train" in c]
             assert line.startswith(f"AUTOSAM_NUM_EPOCHS={steps // 2} AUTOSAM_ITERS_PER_EPOCH=2 ")
-        chosen = 2 if dice[4] - dice[2] < 2 else 4  # the default --plateau, 2 points
         test = json.loads((output / "runs" / f"{method}_fold0.json").read_text())
-        assert (test["steps"], test["plateau_shown"]) == (chosen, chosen == 2)
-        (folder,) = (output / "nnUNet_results" / f"steps_{chosen}" / DERIVED).glob(f"{trainer}__*")
+        assert (test["steps"], test["plateau_shown"], test["val_dice"]) == (2, True, dice[2])
+        (folder,) = (output / "nnUNet_results" / "steps_2" / DERIVED).glob(f"{trainer}__*")
         assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
         (predict,) = [c for c in commands if "nnUNetv2_predict" in c and f"-tr {trainer} " in c]
-        assert f"nnUNet_results={output}/nnUNet_results/steps_{chosen} " in predict
+        assert f"nnUNet_results={output}/nnUNet_results/steps_2 " in predict
+        chosen = output / "nnUNet_results" / "chosen" / DERIVED / folder.name
+        assert (chosen / "fold_0").resolve() == (folder / "fold_0").resolve() and (chosen / "plans.json").is_file()
 
 
 def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(experiment):
