@@ -112,14 +112,17 @@ def test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validat
             record = json.loads((output / "runs" / "training" / f"{method}_fold0_{steps}steps.json").read_text())
             dice[steps] = record["val_dice"]
             assert 0 <= dice[steps] <= 100 and record["train_s"] > 0
-            (line,) = [c for c in commands if f"-tr {trainer} " in c and f"/steps_{steps} nnUNetv2_train" in c]
-            assert line.startswith(f"AUTOSAM_NUM_EPOCHS={steps // 2} AUTOSAM_ITERS_PER_EPOCH=2 ")
+            # Every such line (the rerun test, in any order, retrains one on purpose).
+            trains = [c for c in commands if f"-tr {trainer} " in c and f"/steps_{steps} nnUNetv2_train" in c]
+            schedule = f"AUTOSAM_NUM_EPOCHS={steps // 2} AUTOSAM_ITERS_PER_EPOCH=2 "
+            assert trains and all(c.startswith(schedule) for c in trains)
         test = json.loads((output / "runs" / f"{method}_fold0.json").read_text())
         assert (test["steps"], test["plateau_shown"], test["val_dice"]) == (2, True, dice[2])
+        assert test["training"] == f"{method}_fold0_2steps"
         (folder,) = (output / "nnUNet_results" / "steps_2" / DERIVED).glob(f"{trainer}__*")
         assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
-        (predict,) = [c for c in commands if "nnUNetv2_predict" in c and f"-tr {trainer} " in c]
-        assert f"nnUNet_results={output}/nnUNet_results/steps_2 " in predict
+        predicts = [c for c in commands if "nnUNetv2_predict" in c and f"-tr {trainer} " in c]
+        assert predicts and all(f"nnUNet_results={output}/nnUNet_results/steps_2 " in c for c in predicts)
         chosen = output / "nnUNet_results" / "chosen" / DERIVED / folder.name
         assert (chosen / "fold_0").resolve() == (folder / "fold_0").resolve() and (chosen / "plans.json").is_file()
 

@@ -302,6 +302,7 @@ class Experiment:
             "fold": fold,
             "steps": choice.steps,
             "plateau_shown": choice.plateau_shown,
+            "training": training["run"],
             "val_dice": training["val_dice"],
             "train_s": training["train_s"],
             "predict_s": predict_s,
