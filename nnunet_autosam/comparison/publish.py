@@ -197,14 +197,11 @@ def claims(args, report_dir: Path, folds: list, folders: dict) -> str:
     table itself says when one fails."""
     with open(report_dir / "report.csv", newline="", encoding="utf-8") as f:
         rows = [row for row in csv.DictReader(f) if row["n_seeds"] not in ("", "0")]
+    method_of = {folder: method for method, folder in folders.items()}
     lines = ["## Claims, as measured", ""]
     for budget in sorted(args.budgets):
         by_method = {
-            method: row
-            for row in rows
-            if row["budget"] == str(budget)
-            for method, folder in folders.items()
-            if row["folder"] == folder
+            method_of[row["folder"]]: row for row in rows if row["budget"] == str(budget) and row["folder"] in method_of
         }
         title = f"- {budget_heading(budget)}:"
         sam = {method: row for method, row in by_method.items() if METHODS[method].sam_plans}
@@ -264,13 +261,9 @@ def schedules(experiment, trainings: list, records: list) -> str:
                 chosen, gain = str(choice.steps), "top rung: no plateau shown"
             fold_ids = {fold["fold"] for fold in line_folds}
             at_s = [
-                f"{record['val_dice']:.1f}"
+                f"{json.loads(path.read_text())['val_dice']:.1f}"
                 for fold in line_folds
-                for record in trainings
-                if choice
-                and record["method"] == method
-                and record["fold"] == fold["fold"]
-                and record.get("steps") == choice.steps
+                if choice and (path := experiment.training_record(method, fold["fold"], choice.steps)).is_file()
             ]
             seconds = sum(r["train_s"] for r in trainings if r["method"] == method and r.get("fold") in fold_ids)
             seconds += sum(r["predict_s"] for r in records if r["method"] == method and r.get("fold") in fold_ids)

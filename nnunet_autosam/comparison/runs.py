@@ -177,10 +177,12 @@ class Experiment:
             return "nnUNetTrainer"  # the full schedule is stock nnU-Net itself
         return METHODS[method].trainer
 
+    def plans(self, method: str, prepared: dict) -> str:
+        return prepared["sam_plans"] if METHODS[method].sam_plans else prepared["stock_plans"]
+
     def folder(self, method: str, prepared: dict) -> str:
         """nnU-Net's results folder name of a method: Trainer__plans__2d."""
-        plans = prepared["sam_plans"] if METHODS[method].sam_plans else prepared["stock_plans"]
-        return f"{self.trainer(method)}__{plans}__2d"
+        return f"{self.trainer(method)}__{self.plans(method, prepared)}__2d"
 
     def results_root(self, steps: int) -> Path:
         """nnUNet_results of the trainings at ``steps`` steps: one per rung, as nnU-Net keeps one model per fold."""
@@ -222,17 +224,12 @@ class Experiment:
 
     def validation_dice(self, method: str, fold: int) -> dict:
         """{steps: mean foreground Dice in %} of nnU-Net's final validation, for every rung trained so far."""
-        records = self.runs_dir / "training"
         found = {}
         for steps in self.ladder.rungs:
-            path = records / f"{method}_fold{fold}_{steps}steps.json"
+            path = self.training_record(method, fold, steps)
             if path.is_file():
                 found[steps] = json.loads(path.read_text())["val_dice"]
         return found
-
-    def choice(self, method: str, fold: int):
-        """The steps seed 0's validation chose (None while it climbs)."""
-        return self.ladder.choice(method, self.validation_dice(method, fold))
 
     def train(self, method: str, fold: int, steps: int, prepared: dict) -> dict:
         """Train one fold at ``steps`` from scratch (wiping an interrupted attempt) and score its validation."""
@@ -244,8 +241,7 @@ class Experiment:
         shutil.rmtree(fold_dir, ignore_errors=True)
         workspace = self.workspace_at(steps)
         options = ["-pretrained_weights", str(self.simclr_checkpoint())] if method == "simclr" else []
-        plans = self.folder(method, prepared).split("__")[1]
-        workspace.train(self.trainer(method), fold, plans, self.args.device, *options)
+        workspace.train(self.trainer(method), fold, self.plans(method, prepared), self.args.device, *options)
         summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
         record = {
             "run": marker.stem,
@@ -266,7 +262,7 @@ class Experiment:
         while (steps := self.ladder.next_rung(method, self.validation_dice(method, fold))) is not None:
             tqdm.write(f"{now()} {method} fold {fold}: {steps} steps (ladder)")
             self.train(method, fold, steps, prepared)
-        return self.choice(method, fold)
+        return self.ladder.choice(method, self.validation_dice(method, fold))
 
     def prefill_test_tiles(self, plan: Plan, plans: str) -> None:
         """The test tiles into the embedding memo in batches, once (per precision) for every head and fold."""
@@ -284,9 +280,8 @@ class Experiment:
             return
         training = self.train(method, fold, choice.steps, prepared)
         plan = self.plan_of(prepared)
-        folder = self.folder(method, prepared)
-        plans = folder.split("__")[1]
-        predictions = self.root / "test_predictions" / folder / f"fold_{fold}"
+        plans = self.plans(method, prepared)
+        predictions = self.root / "test_predictions" / self.folder(method, prepared) / f"fold_{fold}"
         shutil.rmtree(predictions, ignore_errors=True)
         self.choose(method, fold, choice.steps, prepared)
         start = time.perf_counter()
