@@ -8,7 +8,6 @@ plumbing, not SAM's quality; one test runs the real lite_medsam encoder end to e
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from cli_runner import run
 from conftest import acdc_root
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -26,7 +26,7 @@ from sam_files import write_sam_checkpoint
 from nnunet_autosam.data.conversion import convert_acdc
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
 from nnunet_autosam.training.trainer_base import MIRROR_TTA_ENV
-from nnunet_autosam.utilities.commands import SAM_TRAINERS, SEQUENTIAL_PREDICTION, nnunet_command
+from nnunet_autosam.utilities.commands import SAM_TRAINERS, SEQUENTIAL_PREDICTION
 from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 from nnunet_autosam.utilities.precision import describe
 
@@ -35,19 +35,6 @@ pytestmark = pytest.mark.slow  # nnU-Net's CLI in subprocesses
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
 HELD_OUT = "patient081"
 SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
-
-
-def run(command, env, check=True):
-    if command[0] == "nnUNetv2_train":
-        env = dict(env, nnUNet_n_proc_DA="0")  # augment in the main process: no worker start-up on 2 cores
-    if command[0].startswith("nnUNetv2_"):
-        command = [nnunet_command(command[0]), *command[1:]]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
 
 
 def cli(*args):

@@ -6,11 +6,11 @@ nnUNetv2_plan_and_preprocess on a derived dataset and checks the preprocessed ch
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_runner import run
 
 from nnunet_autosam.cli import main
 from nnunet_autosam.utilities.errors import InputError
@@ -192,12 +192,6 @@ def test_refusals_are_one_line_and_write_nothing(nnunet_env, tmp_path):
     assert listing(raw) == before and not (tmp_path / "out").exists()
 
 
-def run_cli(*command, env):
-    result = subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
 @pytest.mark.slow
 def test_nnunet_preprocesses_the_neighbours_as_channels_along_its_slicing_axis(nnunet_env):
     """nnU-Net's own plans slice along the shifted axis, and its preprocessed channel 0 at z is channel 1 at z-1."""
@@ -206,9 +200,9 @@ def test_nnunet_preprocesses_the_neighbours_as_channels_along_its_slicing_axis(n
     volumes = {f"case{i}": rng.normal(100, 20, shape).astype(np.float32) for i in range(3)}
     write_raw_dataset(nnunet_env["nnUNet_raw"], 27, volumes, (4.0, 1.0, 1.0), channels=("MRI",))
     env = {**os.environ, **{name: str(folder) for name, folder in nnunet_env.items()}}
-    shifted = run_cli("nnunet-autosam", "neighbours", "27", "-d", "28", env=env)
+    shifted = run(["nnunet-autosam", "neighbours", "27", "-d", "28"], env, timeout=600).stdout
     assert "array axis 2 (x)" in shifted
-    run_cli("nnUNetv2_plan_and_preprocess", "-d", "28", "-c", "2d", "-np", "1", env=env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "28", "-c", "2d", "-np", "1"], env, timeout=600)
     preprocessed = nnunet_env["nnUNet_preprocessed"] / "Dataset028_SourceNeighbours"
     assert json.loads((preprocessed / "nnUNetPlans.json").read_text())["transpose_forward"][0] == 2
 

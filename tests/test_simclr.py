@@ -5,10 +5,10 @@ import json
 import math
 import os
 import re
-import subprocess
 
 import pytest
 import torch
+from cli_runner import run
 
 from nnunet_autosam.training.contrastive import ProjectionHead, TwoViews, nt_xent_loss
 from nnunet_autosam.training.simclr import HEAD_KEY
@@ -65,12 +65,6 @@ def test_projection_head_and_two_views_shapes():
 # ---- end to end through the stock CLI -----------------------------------------------------------------
 
 
-def run_cli(*command, env):
-    result = subprocess.run(list(command), env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
 def shrink_2d_plans(plans_file):
     """A 4-stage, 64x64, batch-8 network, so that CPU training takes seconds per epoch."""
     plans = json.loads(plans_file.read_text())
@@ -95,10 +89,10 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
     convert_acdc(acdc_dir, 27, patients=PATIENTS)
     env = dict(os.environ, nnUNet_def_n_proc="1", nnUNet_compile="f")
     env.pop("nnUNet_n_proc_DA", None)  # 0 breaks the planner (torch.set_num_threads(0))
-    run_cli("nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1", env=env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1"], env, timeout=600)
     shrink_2d_plans(nnunet_env["nnUNet_preprocessed"] / "Dataset027_ACDC" / "nnUNetPlans.json")
 
-    trainer_dir = run_cli("nnunet-autosam", "trainer-dir", env=env).strip()
+    trainer_dir = run(["nnunet-autosam", "trainer-dir"], env, timeout=600).stdout.strip()
     env.update(
         nnUNet_extTrainer=trainer_dir,
         nnUNet_n_proc_DA="0",
@@ -106,7 +100,7 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
         AUTOSAM_ITERS_PER_EPOCH="10",
         AUTOSAM_VAL_ITERS_PER_EPOCH="2",
     )
-    run_cli("nnUNetv2_train", "27", "2d", "all", "-tr", "nnUNetTrainerSimCLR", "-device", "cpu", env=env)
+    run(["nnUNetv2_train", "27", "2d", "all", "-tr", "nnUNetTrainerSimCLR", "-device", "cpu"], env, timeout=600)
 
     output = nnunet_env["nnUNet_results"] / "Dataset027_ACDC" / "nnUNetTrainerSimCLR__nnUNetPlans__2d"
     fold = output / "fold_all"
@@ -172,19 +166,22 @@ def test_pretrain_with_stock_cli_then_load_into_stock_trainer(acdc_dir, nnunet_e
     assert any(not torch.equal(fresh[key], weights[key]) for key in encoder_keys)
 
     # and the stock CLI fine-tunes from it: nnU-Net's own -pretrained_weights, our name for the results folder
-    finetune = run_cli(
-        "nnUNetv2_train",
-        "27",
-        "2d",
-        "0",
-        "-tr",
-        "nnUNetTrainerSimCLRFinetune",
-        "-device",
-        "cpu",
-        "-pretrained_weights",
-        str(checkpoint_file),
-        env=dict(env, AUTOSAM_NUM_EPOCHS="1"),
-    )
+    finetune = run(
+        [
+            "nnUNetv2_train",
+            "27",
+            "2d",
+            "0",
+            "-tr",
+            "nnUNetTrainerSimCLRFinetune",
+            "-device",
+            "cpu",
+            "-pretrained_weights",
+            str(checkpoint_file),
+        ],
+        dict(env, AUTOSAM_NUM_EPOCHS="1"),
+        timeout=600,
+    ).stdout
     loaded_by_cli = re.findall(r"^(encoder\.\S+) shape torch\.Size", finetune, flags=re.MULTILINE)
     print(f"nnUNetv2_train -pretrained_weights loaded {len(loaded_by_cli)} of {len(encoder_keys)} encoder keys")
     assert sorted(loaded_by_cli) == sorted(encoder_keys)
