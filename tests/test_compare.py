@@ -9,10 +9,12 @@ quality.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from nnunet_autosam.comparison import protocol
 from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
@@ -127,6 +129,12 @@ def test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validat
         assert (chosen / "fold_0").resolve() == (folder / "fold_0").resolve() and (chosen / "plans.json").is_file()
 
 
+def new_commands(output, log):
+    """The command names logged after ``log`` (each line: the variables, then the command)."""
+    lines = (output / "commands.log").read_text()[len(log) :].splitlines()
+    return [line.split(" nnUNet_results=")[1].split()[1] for line in lines]
+
+
 def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(experiment):
     compare, output, _, _, _ = experiment
     log = (output / "commands.log").read_text()
@@ -140,22 +148,47 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     (predictions / "left_over.nii.gz").write_bytes(b"partial")
     compare()
     assert not (predictions / "left_over.nii.gz").exists()
-    new_commands = (output / "commands.log").read_text()[len(log) :].splitlines()
-    assert [line.split(" nnUNet_results=")[1].split()[1] for line in new_commands] == ["nnUNetv2_predict"]
+    assert new_commands(output, log) == ["nnUNetv2_predict"]
 
-    steps = json.loads((output / "runs" / "nnunet_fold0.json").read_text())["steps"]
-    (output / "runs" / "training" / f"nnunet_fold0_{steps}steps.json").unlink()  # killed while training
-    (output / "runs" / "nnunet_fold0.json").unlink()
-    (folder,) = (output / "nnUNet_results" / f"steps_{steps}" / DERIVED).glob("nnUNetTrainerEnvSchedule__*")
-    (folder / "fold_0" / "left_over.txt").write_text("partial")
+    record = output / "runs" / "linear_fold0.json"  # tested at other steps, as before a longer ladder
+    steps = json.loads(record.read_text())["steps"]
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), steps=2 * steps)))
     log = (output / "commands.log").read_text()
     compare()
-    assert not (folder / "fold_0" / "left_over.txt").exists()
-    new_commands = (output / "commands.log").read_text()[len(log) :].splitlines()
-    assert [line.split(" nnUNet_results=")[1].split()[1] for line in new_commands] == [
-        "nnUNetv2_train",
-        "nnUNetv2_predict",
-    ]
+    assert new_commands(output, log) == ["nnUNetv2_predict"] and json.loads(record.read_text())["steps"] == steps
+
+    steps = json.loads((output / "runs" / "nnunet_fold0.json").read_text())["steps"]
+    (folder,) = (output / "nnUNet_results" / f"steps_{steps}" / DERIVED).glob("nnUNetTrainerEnvSchedule__*")
+    fold_dir = folder / "fold_0"
+
+    def kill_while_training(keep_checkpoint):
+        """Undo the end of fold 0's training: its records, validation and final checkpoint."""
+        (output / "runs" / "training" / f"nnunet_fold0_{steps}steps.json").unlink()
+        (output / "runs" / "nnunet_fold0.json").unlink()
+        shutil.rmtree(fold_dir / "validation")
+        final = fold_dir / "checkpoint_final.pth"
+        if keep_checkpoint:  # the checkpoint of its first epoch, as the periodic save leaves it
+            checkpoint = torch.load(final, weights_only=False)
+            torch.save(dict(checkpoint, current_epoch=0), fold_dir / "checkpoint_latest.pth")
+        final.unlink()
+        (fold_dir / "left_over.txt").write_text("partial")
+        return (output / "commands.log").read_text()
+
+    log = kill_while_training(keep_checkpoint=True)
+    compare()
+    assert (fold_dir / "left_over.txt").exists()  # resumed in place, not wiped
+    logged = (output / "commands.log").read_text()[len(log) :].splitlines()
+    assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"] and logged[0].endswith(" --c")
+    assert len(list(fold_dir.glob("training_log_*.txt"))) == 2
+    record = json.loads((output / "runs" / "training" / f"nnunet_fold0_{steps}steps.json").read_text())
+    assert record["resumed"] and (fold_dir / "validation" / "summary.json").is_file()
+
+    (fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
+    log = kill_while_training(keep_checkpoint=False)
+    compare()
+    assert not (fold_dir / "left_over.txt").exists()  # nothing to resume from: wiped and trained again
+    logged = (output / "commands.log").read_text()[len(log) :].splitlines()
+    assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"] and " --c" not in logged[0]
 
 
 def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_path):

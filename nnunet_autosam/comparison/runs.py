@@ -17,7 +17,7 @@ Protocol, fixed before anything trains:
   with its encoder trained (ft all), zero-shot SAM with oracle boxes, and optionally the SimCLR baseline;
 - schedule: every trained method at one batch size, for the steps its own validation chose (comparison/ladder.py):
   seed 0 trains at 250, 500, ... steps until doubling them adds less than ``--plateau`` points of validation mean
-  Dice, and every seed trains at that S. ``cpu`` (default): rungs 250 to 4000 at batch 4, ft-all on seed 0 only.
+  Dice, and every seed trains at that S. ``cpu`` (default): rungs 250 to 16000 at batch 4, ft-all on seed 0 only.
   ``full``: nnU-Net's own 1000 x 250 iterations at its planned 2d batch size, every method on every seed (a GPU);
 - channels: every channel of a multi-channel dataset reaches nnU-Net and the SAM heads (``--channels stack`` or
   ``separate`` chooses how the encoder takes them, through ``plans --channels``); zero-shot prompts channel 0;
@@ -27,17 +27,20 @@ Protocol, fixed before anything trains:
   tested); scores are ``nnunet-autosam report``.
 
 Resumable: each training writes ``OUTPUT/runs/training/<method>_fold<k>_<steps>steps.json`` with its validation
-Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone, and an
-interrupted one is wiped and restarted. Shardable: ``--shard i/n`` takes a share of the lines (one method at one
+Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone. An
+interrupted training resumes with nnUNetv2_train --c from its last checkpoint (or starts again if it left none), an
+interrupted prediction starts again. Shardable: ``--shard i/n`` takes a share of the lines (one method at one
 budget: its climb, then its seeds) balanced by their cost at most; shards may run at once on one output folder.
 """
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -68,6 +71,29 @@ from nnunet_autosam.utilities.commands import STOCK_PLANS
 from nnunet_autosam.utilities.devices import pick_device
 from nnunet_autosam.utilities.precision import embedding_precision
 from nnunet_autosam.utilities.shards import parse_shard
+
+LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): ")  # nnU-Net's print_to_log_file
+
+
+def resumable(fold_dir: Path) -> bool:
+    """Whether nnUNetv2_train --c can go on from where an interrupted training of ``fold_dir`` stopped."""
+    return any((fold_dir / name).is_file() for name in ("checkpoint_latest.pth", "checkpoint_final.pth"))
+
+
+def earlier_attempts_s(fold_dir: Path) -> float:
+    """Seconds the interrupted attempts in ``fold_dir`` ran: each from its log's first line to its last write.
+
+    nnU-Net starts a new training_log_*.txt at each start and stamps every line, so this counts the CPU time
+    they cost, the part lost after their last checkpoint included.
+    """
+    total = 0.0
+    for log in fold_dir.glob("training_log_*.txt"):
+        with open(log, encoding="utf-8") as lines:
+            stamps = (LOG_STAMP.match(line) for line in lines)
+            first = next((stamp.group(1) for stamp in stamps if stamp), None)
+        if first is not None:
+            total += max(0.0, log.stat().st_mtime - datetime.strptime(first, "%Y-%m-%d %H:%M:%S.%f").timestamp())
+    return total or 1.0  # a checkpoint but no stamped log: resumed all the same
 
 
 class Experiment:
@@ -232,15 +258,20 @@ class Experiment:
         return found
 
     def train(self, method: str, fold: int, steps: int, prepared: dict) -> dict:
-        """Train one fold at ``steps`` from scratch (wiping an interrupted attempt) and score its validation."""
+        """Train one fold at ``steps`` and score its validation. An interrupted attempt resumes from its last
+        checkpoint through nnU-Net's own ``--c``, or starts again from scratch where it left none."""
         marker = self.training_record(method, fold, steps)
         if marker.is_file():
             return json.loads(marker.read_text())
         start = time.perf_counter()
         fold_dir = self.fold_dir(method, fold, steps, prepared)
-        shutil.rmtree(fold_dir, ignore_errors=True)
+        earlier_s = earlier_attempts_s(fold_dir) if resumable(fold_dir) else 0.0
+        if earlier_s:
+            options = ["--c"]
+        else:
+            shutil.rmtree(fold_dir, ignore_errors=True)
+            options = ["-pretrained_weights", str(self.simclr_checkpoint())] if method == "simclr" else []
         workspace = self.workspace_at(steps)
-        options = ["-pretrained_weights", str(self.simclr_checkpoint())] if method == "simclr" else []
         workspace.train(self.trainer(method), fold, self.plans(method, prepared), self.args.device, *options)
         summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
         record = {
@@ -249,11 +280,13 @@ class Experiment:
             "fold": fold,
             "steps": steps,
             "val_dice": round(100 * summary["foreground_mean"]["Dice"], 2),
-            "train_s": round(time.perf_counter() - start, 1),
+            "train_s": round(earlier_s + time.perf_counter() - start, 1),
             "finished": now(),
             "machine": machine(),
             "device": self.args.device,
         }
+        if earlier_s:
+            record["resumed"] = True
         write_json(record, marker)
         return record
 
@@ -276,8 +309,8 @@ class Experiment:
     def test(self, method: str, fold: int, choice, prepared: dict) -> None:
         """Train one fold at the chosen steps (seed 0's is the ladder's run) and predict the test set with it."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        if marker.is_file():
-            return
+        if marker.is_file() and json.loads(marker.read_text())["steps"] == choice.steps:
+            return  # a record at other steps predates a longer ladder: predict again with the new choice
         training = self.train(method, fold, choice.steps, prepared)
         plan = self.plan_of(prepared)
         plans = self.plans(method, prepared)
@@ -440,7 +473,7 @@ def add_parser(subparsers) -> None:
         "--schedule",
         choices=SCHEDULES,
         default="cpu",
-        help="cpu: a ladder of 250 to 4000 steps of 50 iterations per epoch at batch 4, ft-all on seed 0 only; "
+        help="cpu: a ladder of 250 to 16000 steps of 50 iterations per epoch at batch 4, ft-all on seed 0 only; "
         "full: nnU-Net's own 1000 x 250 iterations at its planned batch (default: cpu)",
     )
     parser.add_argument(

@@ -40,6 +40,8 @@ SCHEDULE_VARIABLES = {
     "AUTOSAM_NUM_EPOCHS": "num_epochs",
     "AUTOSAM_ITERS_PER_EPOCH": "num_iterations_per_epoch",
     "AUTOSAM_VAL_ITERS_PER_EPOCH": "num_val_iterations_per_epoch",
+    # epochs between checkpoint_latest.pth saves: what an interrupted training resumes from with nnUNetv2_train --c
+    "AUTOSAM_SAVE_EVERY": "save_every",
 }
 
 
