@@ -151,15 +151,15 @@ MUTANTS = [
     Mutant(
         "few-label comparison wipes an interrupted training that left a checkpoint",
         "nnunet_autosam/comparison/runs.py",
-        "earlier_s = earlier_attempts_s(fold_dir) if resumable(fold_dir) else 0.0",
-        "earlier_s = 0.0",
+        "resume = resumable(fold_dir)",
+        "resume = False",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
     ),
     Mutant(
         "few-label comparison keeps a test record made at other steps",
         "nnunet_autosam/comparison/runs.py",
-        'if marker.is_file() and json.loads(marker.read_text())["steps"] == choice.steps:',
-        "if marker.is_file():",
+        'return marker.is_file() and json.loads(marker.read_text())["steps"] == steps',
+        "return marker.is_file()",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
     ),
     Mutant(

@@ -93,7 +93,7 @@ def earlier_attempts_s(fold_dir: Path) -> float:
             first = next((stamp.group(1) for stamp in stamps if stamp), None)
         if first is not None:
             total += max(0.0, log.stat().st_mtime - datetime.strptime(first, "%Y-%m-%d %H:%M:%S.%f").timestamp())
-    return total or 1.0  # a checkpoint but no stamped log: resumed all the same
+    return total
 
 
 class Experiment:
@@ -265,8 +265,9 @@ class Experiment:
             return json.loads(marker.read_text())
         start = time.perf_counter()
         fold_dir = self.fold_dir(method, fold, steps, prepared)
-        earlier_s = earlier_attempts_s(fold_dir) if resumable(fold_dir) else 0.0
-        if earlier_s:
+        resume = resumable(fold_dir)
+        earlier_s = earlier_attempts_s(fold_dir) if resume else 0.0
+        if resume:
             options = ["--c"]
         else:
             shutil.rmtree(fold_dir, ignore_errors=True)
@@ -285,7 +286,7 @@ class Experiment:
             "machine": machine(),
             "device": self.args.device,
         }
-        if earlier_s:
+        if resume:
             record["resumed"] = True
         write_json(record, marker)
         return record
@@ -306,11 +307,16 @@ class Experiment:
             self.workspace.prefill_memo(plan.test_images, plans, self.args.device)
             write_text(now() + "\n", marker)
 
+    def tested(self, method: str, fold: int, steps: int) -> bool:
+        """Whether the fold's test prediction was made at ``steps``; one at other steps predates a longer ladder."""
+        marker = self.runs_dir / f"{method}_fold{fold}.json"
+        return marker.is_file() and json.loads(marker.read_text())["steps"] == steps
+
     def test(self, method: str, fold: int, choice, prepared: dict) -> None:
         """Train one fold at the chosen steps (seed 0's is the ladder's run) and predict the test set with it."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        if marker.is_file() and json.loads(marker.read_text())["steps"] == choice.steps:
-            return  # a record at other steps predates a longer ladder: predict again with the new choice
+        if self.tested(method, fold, choice.steps):
+            return
         training = self.train(method, fold, choice.steps, prepared)
         plan = self.plan_of(prepared)
         plans = self.plans(method, prepared)
@@ -389,7 +395,7 @@ class Experiment:
         choice = self.ladder.choice(line.method, dice)
         if choice is None:
             return "climbing" + (f", done {' '.join(map(str, dice))}" if dice else "")
-        tested = sum((self.runs_dir / f"{line.method}_fold{fold}.json").is_file() for fold in folds)
+        tested = sum(self.tested(line.method, fold, choice.steps) for fold in folds)
         return f"S = {choice.steps}, {tested} of {len(folds)} seeds tested"
 
     def input_size_args(self) -> list:
