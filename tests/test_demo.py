@@ -4,12 +4,13 @@ import os
 import stat
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
 from nnunet_autosam.evaluation.methods import ZERO_SHOT_PREFIX, method_display_name
-from nnunet_autosam.run.demo import DEMO_ENCODER, acdc_patients, banner
+from nnunet_autosam.run.demo import DEMO_ENCODER, acdc_patients, banner, raise_first_failure
 from nnunet_autosam.utilities.commands import (
     BASELINE_TRAINER,
     SAM_TRAINERS,
@@ -40,7 +41,7 @@ def test_demo_runs_every_method_and_reports_each(tmp_path):
             "--output",
             str(output),
             "--patients",
-            "3",
+            "2",
             "--labelled",
             "1",
             "--epochs",
@@ -98,6 +99,16 @@ def test_the_banner_says_what_the_numbers_are_worth():
     assert DEMO_ENCODER == "lite_medsam"
     assert "RANDOM encoder" in banner("tiny") and "say nothing" in banner("tiny")
     assert "real pretrained weights" in banner(DEMO_ENCODER) and "say nothing" not in banner(DEMO_ENCODER)
+
+
+def test_a_failed_prediction_stops_the_demo_before_the_next_training():
+    """Predictions run in the background: a failed one surfaces at the next training, not after all of them."""
+    running, succeeded, failed = Future(), Future(), Future()
+    succeeded.set_result("")
+    raise_first_failure([running, succeeded])
+    failed.set_exception(RuntimeError("nnUNetv2_predict failed with exit code 1"))
+    with pytest.raises(RuntimeError, match="nnUNetv2_predict failed"):
+        raise_first_failure([running, succeeded, failed])
 
 
 def test_the_acdc_demo_picks_one_patient_per_pathology_group(acdc_dir):

