@@ -48,8 +48,8 @@ DEMO_TRAINERS = (
     SIMCLR_TRAINER,
     *sorted(SAM_TRAINERS, key=lambda trainer: trainer == HEADS["linear"].trainer),
 )
-# Slices per synthetic frame: every encoder pass, validation and prediction costs per slice, and 4 slices of the
-# synthetic heart still show base, mid and apex; 8 slices took the demo to 13 minutes on this project's 2-core CPU.
+# Slices per synthetic frame: every encoder pass, validation and prediction costs per slice (docs/measurements.md,
+# the demo), and 4 slices of the synthetic heart still show base, mid and apex.
 DEMO_SLICES = 4
 
 
