@@ -10,7 +10,7 @@ import pytest
 from nnunet_autosam import cli
 from nnunet_autosam.comparison import protocol
 from nnunet_autosam.comparison.ladder import Choice, Ladder, parse_caps
-from nnunet_autosam.comparison.publish import claims
+from nnunet_autosam.comparison.publish import claims, pseudo_dice_per_epoch
 from nnunet_autosam.comparison.runs import Experiment
 from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
 from nnunet_autosam.model.heads import HEADS
@@ -109,6 +109,18 @@ def write_report(folder, rows, folds_dice):
 NNUNET = "nnUNetTrainerEnvSchedule__nnUNetPlans_batch4__2d"
 AUTOSAM = "AutoSAMTrainer__nnUNetPlans_SAM_lite_medsam_256__2d"
 LINEAR = "SAMLinearTrainer__nnUNetPlans_SAM_lite_medsam_256__2d"
+
+
+def test_a_resumed_trainings_curve_takes_the_repeated_epochs_from_its_later_log(tmp_path):
+    """nnU-Net names its logs without zero-padding (day 9 after day 10 by name): they are read in time order."""
+
+    def log(name: str, epochs: dict) -> None:
+        lines = [f"2026-12-09 23:00:00: Epoch {e} \n2026-12-09 23:00:01: Pseudo dice {d}" for e, d in epochs.items()]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+
+    log("training_log_2026_12_9_23_51_15.txt", {9: "[0.1, 0.3]", 10: "[np.float32(0.2), np.float32(0.4)]"})
+    log("training_log_2026_12_10_0_55_21.txt", {10: "[0.5, 0.7]", 11: "[0.6, nan]"})
+    assert pseudo_dice_per_epoch(tmp_path.glob("training_log_*.txt")) == pytest.approx({9: 0.2, 10: 0.6, 11: 0.6})
 
 
 def test_the_table_says_at_each_budget_whether_the_best_sam_method_beats_nnunet_and_in_how_many_seeds(tmp_path):

@@ -274,10 +274,21 @@ def schedules(experiment, trainings: list, records: list) -> str:
     return "\n".join([*lines, "", ""])
 
 
+def started_at(log_file) -> tuple:
+    """When nnU-Net began a training log, from its name (training_log_YYYY_M_D_HH_MM_SS.txt), comparable as numbers.
+
+    Why: the month and day are not zero-padded, so by name training_log_2026_12_10_... sorts before ..._12_9_....
+    """
+    return tuple(int(number) for number in re.findall(r"\d+", Path(log_file).name))
+
+
 def pseudo_dice_per_epoch(log_files) -> dict:
-    """Epoch -> mean over classes of nnU-Net's pseudo-Dice, from its training log(s) of one fold."""
+    """Epoch -> mean over classes of nnU-Net's pseudo-Dice, from its training log(s) of one fold.
+
+    A resumed training repeats the epochs after its last checkpoint in a later log, whose figures win.
+    """
     curve, epoch = {}, None
-    for log_file in sorted(log_files):
+    for log_file in sorted(log_files, key=started_at):
         for line in Path(log_file).read_text(encoding="utf-8", errors="replace").splitlines():
             if found := EPOCH_LINE.search(line):
                 epoch = int(found[1])
