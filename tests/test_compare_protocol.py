@@ -9,7 +9,7 @@ import pytest
 
 from nnunet_autosam import cli
 from nnunet_autosam.comparison import protocol
-from nnunet_autosam.comparison.ladder import Choice, Ladder, parse_caps
+from nnunet_autosam.comparison.ladder import Choice, Ladder, parse_method_steps
 from nnunet_autosam.comparison.publish import claims, pseudo_dice_per_epoch
 from nnunet_autosam.comparison.runs import Experiment
 from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
@@ -70,7 +70,7 @@ def test_the_ladder_stops_where_doubling_the_steps_adds_less_than_the_plateau(di
 
 
 def test_a_cap_ends_one_methods_ladder_and_bad_ladders_are_refused():
-    ladder = Ladder((250, 500, 1000), caps=parse_caps(["ftall=500"]))
+    ladder = Ladder((250, 500, 1000), caps=parse_method_steps(["ftall=500"], "cap"))
     assert ladder.rungs_for("ftall") == (250, 500) and ladder.rungs_for("nnunet") == (250, 500, 1000)
     assert ladder.choice("ftall", {250: 10.0, 500: 30.0}) == Choice(500, False)
     with pytest.raises(InputError, match="not a doubling ladder"):
@@ -78,9 +78,20 @@ def test_a_cap_ends_one_methods_ladder_and_bad_ladders_are_refused():
     with pytest.raises(InputError, match="not a rung of the ladder"):
         Ladder((250, 500), caps={"ftall": 300})
     with pytest.raises(InputError, match="not METHOD=STEPS"):
-        parse_caps(["ftall:500"])
+        parse_method_steps(["ftall:500"], "cap")
     with pytest.raises(InputError, match="not a whole number of epochs"):
         protocol.SCHEDULES["cpu"].environment(260)
+
+
+def test_a_start_skips_one_methods_lower_rungs_and_is_chosen_from_the_rungs_it_trained():
+    ladder = Ladder((250, 500, 1000, 2000), starts=parse_method_steps(["nnunet=500"], "start"), caps={"ftall": 500})
+    assert ladder.rungs_for("nnunet") == (500, 1000, 2000) and ladder.rungs_for("linear") == (250, 500, 1000, 2000)
+    assert ladder.next_rung("nnunet", {}) == 500
+    assert ladder.choice("nnunet", {500: 40.0, 1000: 41.0}) == Choice(500, True)
+    with pytest.raises(InputError, match="not a rung of the ladder"):
+        Ladder((250, 500), starts={"nnunet": 300})
+    with pytest.raises(InputError, match="above --cap ftall=500"):
+        Ladder((250, 500, 1000), caps={"ftall": 500}, starts={"ftall": 1000})
 
 
 def test_one_seed_methods_run_on_seed_zero_only():

@@ -6,7 +6,9 @@ rungs in turn (each twice the last), each run from scratch with its own poly lea
 by nnU-Net's final validation on the shared validation units. S steps are enough when 2S adds less than
 ``--plateau`` points of mean Dice; the climb stops there and every seed of that method and budget trains at S.
 Methods reach their plateau at different S. A method that reaches its top rung (the ladder's, or its
-``--cap``) without a plateau is trained at the top and the table says so. The test set plays no part.
+``--cap``) without a plateau is trained at the top and the table says so. A method whose lower rungs an earlier
+run showed to climb by more than the plateau can start higher (``--start nnunet=4000``), saving their hours;
+the table says that too. The test set plays no part.
 """
 
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ class Ladder:
     rungs: tuple
     plateau_points: float = 2.0
     caps: dict = field(default_factory=dict)  # method -> its highest rung
+    starts: dict = field(default_factory=dict)  # method -> its lowest rung
 
     def __post_init__(self):
         if not self.rungs or any(upper != 2 * lower for lower, upper in zip(self.rungs, self.rungs[1:])):
@@ -32,15 +35,23 @@ class Ladder:
                 f"--ladder {' '.join(map(str, self.rungs))} is not a doubling ladder: give steps that each double "
                 f"the last, e.g. --ladder 250 500 1000 2000"
             )
-        for method, cap in self.caps.items():
-            if cap not in self.rungs:
+        for option, bounds in (("cap", self.caps), ("start", self.starts)):
+            for method, steps in bounds.items():
+                if steps not in self.rungs:
+                    raise InputError(
+                        f"--{option} {method}={steps} is not a rung of the ladder: give one of "
+                        f"{' '.join(map(str, self.rungs))}"
+                    )
+        for method in set(self.caps) & set(self.starts):
+            if self.starts[method] > self.caps[method]:
                 raise InputError(
-                    f"--cap {method}={cap} is not a rung of the ladder: cap at one of {' '.join(map(str, self.rungs))}"
+                    f"--start {method}={self.starts[method]} is above --cap {method}={self.caps[method]}: "
+                    f"start at or below the cap"
                 )
 
     def rungs_for(self, method: str) -> tuple:
-        cap = self.caps.get(method, self.rungs[-1])
-        return tuple(steps for steps in self.rungs if steps <= cap)
+        start, cap = self.starts.get(method, self.rungs[0]), self.caps.get(method, self.rungs[-1])
+        return tuple(steps for steps in self.rungs if start <= steps <= cap)
 
     def choice(self, method: str, dice: dict) -> Choice | None:
         """S for ``method`` from its seed-0 validation Dice per rung ({steps: mean Dice in %}); None: climb on."""
@@ -59,12 +70,12 @@ class Ladder:
         return next(steps for steps in self.rungs_for(method) if steps not in dice)
 
 
-def parse_caps(texts) -> dict:
-    """``--cap ftall=500 cnn=1000`` -> {method: steps}."""
-    caps = {}
+def parse_method_steps(texts, option: str) -> dict:
+    """``--cap ftall=500 cnn=1000`` (or ``--start``) -> {method: steps}."""
+    found = {}
     for text in texts or ():
         method, _, steps = text.partition("=")
         if not steps.isdigit():
-            raise InputError(f"--cap {text!r} is not METHOD=STEPS: write e.g. --cap ftall=500")
-        caps[method] = int(steps)
-    return caps
+            raise InputError(f"--{option} {text!r} is not METHOD=STEPS: write e.g. --{option} ftall=500")
+        found[method] = int(steps)
+    return found

@@ -154,7 +154,9 @@ def header(experiment, prepared: dict, records: list, trainings: list) -> str:
     total = prepared["wall_s"] + sum(by_method.values())
     derived = description.get("derived_from")
     one_seed = [method for method in schedule.one_seed_methods if method in args.methods]
-    caps = ", ".join(f"{method} at most {steps}" for method, steps in ladder.caps.items())
+    bounds = [f"{method} from {steps}" for method, steps in ladder.starts.items()]
+    bounds += [f"{method} at most {steps}" for method, steps in ladder.caps.items()]
+    caps = ", ".join(bounds)
     lines = [
         f"# Few-label {description.get('name') or plan.folder.name} on `{args.encoder}`: "
         f"test set of {len(tested)} {word}",

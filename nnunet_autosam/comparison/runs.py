@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from nnunet_autosam.comparison import publish
 from nnunet_autosam.comparison.dataset import HOLDOUT, TEST_FOLDERS, Plan, plan_dataset
-from nnunet_autosam.comparison.ladder import Ladder, parse_caps
+from nnunet_autosam.comparison.ladder import Ladder, parse_method_steps
 from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.protocol import (
     DEFAULT_METHODS,
@@ -101,7 +101,8 @@ class Experiment:
         self.args = args
         self.root = Path(args.output).resolve()
         self.schedule = custom_schedule(args.schedule, args.ladder, args.iters, args.batch_size, args.one_seed)
-        self.ladder = Ladder(self.schedule.rungs, args.plateau, parse_caps(args.cap))
+        caps, starts = parse_method_steps(args.cap, "cap"), parse_method_steps(args.start, "start")
+        self.ladder = Ladder(self.schedule.rungs, args.plateau, caps, starts)
         self.grouping = grouping_from_args(args)
         # Test tiles of every frozen-encoder method and fold share one encoder pass (embedding_memo.py).
         self.workspace = LoggedWorkspace(self.root, {MEMO_ENV: str(self.root / "embedding_memo")})
@@ -501,6 +502,13 @@ def add_parser(subparsers) -> None:
         nargs="+",
         metavar="METHOD=STEPS",
         help="a method's highest rung, for one whose steps cost too much to climb further (e.g. ftall=500)",
+    )
+    parser.add_argument(
+        "--start",
+        nargs="+",
+        metavar="METHOD=STEPS",
+        help="a method's lowest rung, for one whose lower rungs an earlier run showed to climb by more than the "
+        "plateau (e.g. nnunet=4000)",
     )
     parser.add_argument("--iters", type=int, help="training iterations per epoch (default: the schedule's)")
     parser.add_argument("--batch-size", type=int, help="override the schedule's batch size")
