@@ -190,6 +190,15 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     logged = (output / "commands.log").read_text()[len(log) :].splitlines()
     assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"] and " --c" not in logged[0]
 
+    # runs/ alone on a new machine: the ladder's records stand, the fold to predict with is trained again
+    for trained in (output / "nnUNet_results").glob(f"steps_*/{DERIVED}/nnUNetTrainerEnvSchedule__*"):
+        shutil.rmtree(trained)
+    (output / "runs" / "nnunet_fold0.json").unlink()
+    log = (output / "commands.log").read_text()
+    compare()
+    assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"]
+    assert f"steps_{steps} " in (output / "commands.log").read_text()[len(log) :].splitlines()[0]
+
 
 def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_path):
     compare, output, _, _, _ = experiment

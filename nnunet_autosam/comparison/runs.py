@@ -27,7 +27,8 @@ Protocol, fixed before anything trains:
   tested); scores are ``nnunet-autosam report``.
 
 Resumable: each training writes ``OUTPUT/runs/training/<method>_fold<k>_<steps>steps.json`` with its validation
-Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone. An
+Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone, but a
+training to predict with whose checkpoint is gone (``runs/`` copied to a new machine) is trained again. An
 interrupted training resumes with nnUNetv2_train --c from its last checkpoint (or starts again if it left none), an
 interrupted prediction starts again. Shardable: ``--shard i/n`` takes a share of the lines (one method at one
 budget: its climb, then its seeds) balanced by their cost at most; shards may run at once on one output folder.
@@ -258,14 +259,18 @@ class Experiment:
                 found[steps] = json.loads(path.read_text())["val_dice"]
         return found
 
-    def train(self, method: str, fold: int, steps: int, prepared: dict) -> dict:
+    def train(self, method: str, fold: int, steps: int, prepared: dict, to_predict: bool = False) -> dict:
         """Train one fold at ``steps`` and score its validation. An interrupted attempt resumes from its last
-        checkpoint through nnU-Net's own ``--c``, or starts again from scratch where it left none."""
+        checkpoint through nnU-Net's own ``--c``, or starts again from scratch where it left none.
+
+        A finished training's record is enough for the ladder, so records copied onto another machine (``runs/``
+        is small; checkpoints are not) keep every rung's decision; a fold ``to_predict`` whose final checkpoint
+        did not come with its record is trained again."""
         marker = self.training_record(method, fold, steps)
-        if marker.is_file():
+        fold_dir = self.fold_dir(method, fold, steps, prepared)
+        if marker.is_file() and (not to_predict or (fold_dir / "checkpoint_final.pth").is_file()):
             return json.loads(marker.read_text())
         start = time.perf_counter()
-        fold_dir = self.fold_dir(method, fold, steps, prepared)
         resume = resumable(fold_dir)
         earlier_s = earlier_attempts_s(fold_dir) if resume else 0.0
         if resume:
@@ -318,7 +323,7 @@ class Experiment:
         marker = self.runs_dir / f"{method}_fold{fold}.json"
         if self.tested(method, fold, choice.steps):
             return
-        training = self.train(method, fold, choice.steps, prepared)
+        training = self.train(method, fold, choice.steps, prepared, to_predict=True)
         plan = self.plan_of(prepared)
         plans = self.plans(method, prepared)
         predictions = self.root / "test_predictions" / self.folder(method, prepared) / f"fold_{fold}"
