@@ -166,8 +166,8 @@ MUTANTS = [
     Mutant(
         "few-label comparison keeps a test record made at other steps",
         "nnunet_autosam/comparison/runs.py",
-        'return marker.is_file() and json.loads(marker.read_text())["steps"] == steps',
-        "return marker.is_file()",
+        'return marker.is_file() and json.loads(marker.read_text())["steps"] == steps and model.is_file()',
+        "return marker.is_file() and model.is_file()",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
     ),
     Mutant(

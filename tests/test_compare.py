@@ -193,7 +193,6 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     # runs/ alone on a new machine: the ladder's records stand, the fold to predict with is trained again
     for trained in (output / "nnUNet_results").glob(f"steps_*/{DERIVED}/nnUNetTrainerEnvSchedule__*"):
         shutil.rmtree(trained)
-    (output / "runs" / "nnunet_fold0.json").unlink()
     log = (output / "commands.log").read_text()
     compare()
     assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"]

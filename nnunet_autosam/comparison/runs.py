@@ -28,7 +28,8 @@ Protocol, fixed before anything trains:
 
 Resumable: each training writes ``OUTPUT/runs/training/<method>_fold<k>_<steps>steps.json`` with its validation
 Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone, but a
-training to predict with whose checkpoint is gone (``runs/`` copied to a new machine) is trained again. An
+training to predict with whose checkpoint is gone (``runs/`` copied to a new machine) is trained again, and its
+test prediction made again. An
 interrupted training resumes with nnUNetv2_train --c from its last checkpoint (or starts again if it left none), an
 interrupted prediction starts again. Shardable: ``--shard i/n`` takes a share of the lines (one method at one
 budget: its climb, then its seeds) balanced by their cost at most; shards may run at once on one output folder.
@@ -313,15 +314,17 @@ class Experiment:
             self.workspace.prefill_memo(plan.test_images, plans, self.args.device)
             write_text(now() + "\n", marker)
 
-    def tested(self, method: str, fold: int, steps: int) -> bool:
-        """Whether the fold's test prediction was made at ``steps``; one at other steps predates a longer ladder."""
+    def tested(self, method: str, fold: int, steps: int, prepared: dict) -> bool:
+        """Whether the fold's test prediction was made at ``steps`` by a model still here; one at other steps
+        predates a longer ladder, one whose model is gone came with ``runs/`` from another machine."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        return marker.is_file() and json.loads(marker.read_text())["steps"] == steps
+        model = self.fold_dir(method, fold, steps, prepared) / "checkpoint_final.pth"
+        return marker.is_file() and json.loads(marker.read_text())["steps"] == steps and model.is_file()
 
     def test(self, method: str, fold: int, choice, prepared: dict) -> None:
         """Train one fold at the chosen steps (seed 0's is the ladder's run) and predict the test set with it."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        if self.tested(method, fold, choice.steps):
+        if self.tested(method, fold, choice.steps, prepared):
             return
         training = self.train(method, fold, choice.steps, prepared, to_predict=True)
         plan = self.plan_of(prepared)
@@ -392,7 +395,7 @@ class Experiment:
             tqdm.write(f"{now()} {line.method} fold {fold}: {choice.steps} steps, test set")
             self.test(line.method, fold, choice, prepared)
 
-    def line_status(self, line: Line) -> str:
+    def line_status(self, line: Line, prepared: dict) -> str:
         """Where a line stands, in words, for --plan."""
         if line.budget is None:
             return "done" if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else "to run"
@@ -401,7 +404,7 @@ class Experiment:
         choice = self.ladder.choice(line.method, dice)
         if choice is None:
             return "climbing" + (f", done {' '.join(map(str, dice))}" if dice else "")
-        tested = sum(self.tested(line.method, fold, choice.steps) for fold in folds)
+        tested = sum(self.tested(line.method, fold, choice.steps, prepared) for fold in folds)
         return f"S = {choice.steps}, {tested} of {len(folds)} seeds tested"
 
     def input_size_args(self) -> list:
@@ -427,13 +430,13 @@ class Experiment:
 
     def plan(self) -> None:
         """Print every shard's lines, where each stands and its hours at most on this project's 2-core CPU."""
-        self.prepare()
+        prepared = self.prepare()
         every_share = shares(self.all_lines(), self.line_cost, parse_shard(self.args.shard)[1])
         for index, share in enumerate(every_share):
             hours = sum(self.line_cost(line) for line in share) / 3600
             print(
                 f"shard {index}/{len(every_share)}: at most {hours:.1f} h on a 2-core CPU: "
-                + "; ".join(f"{line.name} ({self.line_status(line)})" for line in share)
+                + "; ".join(f"{line.name} ({self.line_status(line, prepared)})" for line in share)
             )
 
     def run_shard(self) -> None:
