@@ -144,7 +144,7 @@ MUTANTS = [
     Mutant(
         "few-label comparison retrains a finished training",
         "nnunet_autosam/comparison/runs.py",
-        "        if marker.is_file() and (not to_predict or (fold_dir / \"checkpoint_final.pth\").is_file()):\n"
+        '        if marker.is_file() and (not to_predict or (fold_dir / "checkpoint_final.pth").is_file()):\n'
         "            return json.loads(marker.read_text())\n",
         "",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
