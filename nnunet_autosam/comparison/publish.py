@@ -156,7 +156,6 @@ def header(experiment, prepared: dict, records: list, trainings: list) -> str:
     one_seed = [method for method in schedule.one_seed_methods if method in args.methods]
     bounds = [f"{method} from {steps}" for method, steps in ladder.starts.items()]
     bounds += [f"{method} at most {steps}" for method, steps in ladder.caps.items()]
-    caps = ", ".join(bounds)
     lines = [
         f"# Few-label {description.get('name') or plan.folder.name} on `{args.encoder}`: "
         f"test set of {len(tested)} {word}",
@@ -166,7 +165,7 @@ def header(experiment, prepared: dict, records: list, trainings: list) -> str:
         + f"; classes (dataset.json): {', '.join(classes.values())}",
         f"- Schedule: batch {prepared['batch_size']}, {schedule.iterations} iterations per epoch; each method's "
         f"steps chosen on validation from the ladder {' '.join(map(str, ladder.rungs))}"
-        + (f" ({caps})" if caps else "")
+        + (f" ({', '.join(bounds)})" if bounds else "")
         + f" (below: S is enough when 2S adds less than {ladder.plateau_points:g} points)"
         + (f"; {', '.join(one_seed)} on seed 0 only" if one_seed else "")
         + f". Frozen-encoder heads train {head_training(cache_mode(experiment, prepared))}; nnU-Net and ft-all "
