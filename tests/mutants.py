@@ -102,8 +102,8 @@ MUTANTS = [
     Mutant(
         "checkpoint input size not checked against the plans",
         "nnunet_autosam/model/network.py",
-        'for key in ("encoder_type", "input_size", "input_mapping"):',
-        'for key in ("encoder_type", "input_mapping"):',
+        'for key in ("encoder_type", "input_size", "input_mapping", "channels"):',
+        'for key in ("encoder_type", "input_mapping", "channels"):',
         ("tests/test_network.py::test_a_checkpoint_trained_at_another_input_size_is_refused",),
     ),
     Mutant(
@@ -144,7 +144,8 @@ MUTANTS = [
     Mutant(
         "few-label comparison retrains a finished training",
         "nnunet_autosam/comparison/runs.py",
-        '        if marker.is_file() and (not to_predict or (fold_dir / "checkpoint_final.pth").is_file()):\n'
+        "        if marker.is_file() and (not to_predict or "
+        "self.final_checkpoint(method, fold, steps, prepared).is_file()):\n"
         "            return json.loads(marker.read_text())\n",
         "",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
@@ -152,9 +153,24 @@ MUTANTS = [
     Mutant(
         "few-label comparison predicts with a training whose checkpoint is gone",
         "nnunet_autosam/comparison/runs.py",
-        'if marker.is_file() and (not to_predict or (fold_dir / "checkpoint_final.pth").is_file()):',
+        "if marker.is_file() and (not to_predict or self.final_checkpoint(method, fold, steps, prepared).is_file()):",
         "if marker.is_file():",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
+    ),
+    Mutant(
+        "few-label comparison's plan costs what is left at another machine's speed",
+        "nnunet_autosam/comparison/runs.py",
+        "== (method, here, self.args.device)",
+        "[:1] == (method,)",
+        ("tests/test_compare.py::test_what_is_left_is_costed_at_this_machines_own_speed",),
+    ),
+    Mutant(
+        "few-label comparison's plan counts a finished line as left",
+        "nnunet_autosam/comparison/runs.py",
+        "            if choice is not None and self.tested(line.method, fold, steps, prepared):\n"
+        "                continue\n",
+        "",
+        ("tests/test_compare.py::test_plan_lists_every_line_once_with_where_it_stands_and_trains_nothing",),
     ),
     Mutant(
         "few-label comparison wipes an interrupted training that left a checkpoint",
@@ -187,8 +203,8 @@ MUTANTS = [
     Mutant(
         "test run trained at the top rung, not the chosen steps",
         "nnunet_autosam/comparison/runs.py",
-        "training = self.train(method, fold, choice.steps, prepared)",
-        "training = self.train(method, fold, self.ladder.rungs_for(method)[-1], prepared)",
+        "training = self.train(method, fold, choice.steps, prepared, to_predict=True)",
+        "training = self.train(method, fold, self.ladder.rungs_for(method)[-1], prepared, to_predict=True)",
         (
             "tests/test_compare.py::"
             "test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validation_chose",

@@ -16,7 +16,9 @@ import sys
 import pytest
 import torch
 
+from nnunet_autosam.cli import build_parser
 from nnunet_autosam.comparison import protocol
+from nnunet_autosam.comparison.runs import Experiment
 from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
 
 pytestmark = pytest.mark.slow
@@ -194,6 +196,9 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     for trained in (output / "nnUNet_results").glob(f"steps_*/{DERIVED}/nnUNetTrainerEnvSchedule__*"):
         shutil.rmtree(trained)
     log = (output / "commands.log").read_text()
+    left = plan_entries(compare("--plan"))
+    assert left["nnunet_budget1"].endswith(" h left") and not left["nnunet_budget1"].endswith(" 0.0 h left")
+    assert left["linear_budget1"].endswith(", 0.0 h left")
     compare()
     assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"]
     assert f"steps_{steps} " in (output / "commands.log").read_text()[len(log) :].splitlines()[0]
@@ -235,12 +240,37 @@ def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_p
     assert len(timings["runs"]) == 3 and len(timings["trainings"]) == 4 and timings["machine"] and "code" in timings
 
 
+def plan_entries(stdout):
+    """--plan's lines -> {line name: where it stands and what is left}."""
+    lines = [line for line in stdout.splitlines() if line.startswith("shard ")]
+    entries = [entry for line in lines for entry in line.split(" h left: ", 1)[1].split("; ")]
+    return {entry.split(" (")[0]: entry.split(" (", 1)[1].rstrip(")") for entry in entries}
+
+
 def test_plan_lists_every_line_once_with_where_it_stands_and_trains_nothing(experiment):
     compare, output, _, _, _ = experiment
     before = sorted(str(path) for path in (output / "runs").rglob("*"))
-    lines = [line for line in compare("--plan", "--shard", "0/2").splitlines() if line.startswith("shard ")]
+    stdout = compare("--plan", "--shard", "0/2")
+    lines = [line for line in stdout.splitlines() if line.startswith("shard ")]
     assert [line.split(":")[0] for line in lines] == ["shard 0/2", "shard 1/2"]
-    planned = [entry.split(" (")[0] for line in lines for entry in line.split(": ", 2)[2].split("; ")]
-    assert sorted(planned) == ["linear_budget1", "nnunet_budget1", protocol.ZERO_SHOT]
-    assert "nnunet_budget1 (S = " in "".join(lines) and ", 1 of 1 seeds tested)" in "".join(lines)
+    assert all(", 0.0 h left: " in line for line in lines)  # every line has finished
+    entries = plan_entries(stdout)
+    assert sorted(entries) == ["linear_budget1", "nnunet_budget1", protocol.ZERO_SHOT]
+    assert entries["nnunet_budget1"].startswith("S = ") and entries["nnunet_budget1"].endswith(
+        ", 1 of 1 seeds tested, 0.0 h left"
+    )
     assert sorted(str(path) for path in (output / "runs").rglob("*")) == before
+
+
+def test_what_is_left_is_costed_at_this_machines_own_speed(experiment):
+    _, output, _, _, _ = experiment
+    experiment_here = Experiment(build_parser().parse_args(["compare", "402", "--output", str(output), *SMOKE]))
+    training = output / "runs" / "training"
+    longest = json.loads((training / "nnunet_fold0_4steps.json").read_text())
+    elsewhere = training / "nnunet_fold7_8steps.json"  # came with runs/ from another machine: not this one's speed
+    elsewhere.write_text(json.dumps(dict(longest, steps=8, train_s=1e6, machine="another machine")))
+    try:
+        assert experiment_here.measured_step_s("nnunet") == pytest.approx(longest["train_s"] / 4)
+    finally:
+        elsewhere.unlink()
+    assert experiment_here.measured_step_s("cnn") is None  # never trained here: the protocol's cost stands

@@ -56,6 +56,7 @@ from nnunet_autosam.comparison.protocol import (
     METHODS,
     SCHEDULES,
     ZERO_SHOT,
+    ZERO_SHOT_COST_S,
     Line,
     all_lines,
     custom_schedule,
@@ -64,6 +65,7 @@ from nnunet_autosam.comparison.protocol import (
 )
 from nnunet_autosam.comparison.provenance import LoggedWorkspace, machine, now
 from nnunet_autosam.data.grouping import add_grouping_arguments, grouping_from_args
+from nnunet_autosam.evaluation.report import TRAINED_MARKER
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.channel_input import STRATEGIES
 from nnunet_autosam.model.embedding_memo import MEMO_ENV
@@ -251,6 +253,10 @@ class Experiment:
     def training_record(self, method: str, fold: int, steps: int) -> Path:
         return self.runs_dir / "training" / f"{method}_fold{fold}_{steps}steps.json"
 
+    def final_checkpoint(self, method: str, fold: int, steps: int, prepared: dict) -> Path:
+        """The model a training leaves; a test prediction needs it, and it does not travel with ``runs/``."""
+        return self.fold_dir(method, fold, steps, prepared) / TRAINED_MARKER
+
     def validation_dice(self, method: str, fold: int) -> dict:
         """{steps: mean foreground Dice in %} of nnU-Net's final validation, for every rung trained so far."""
         found = {}
@@ -269,7 +275,7 @@ class Experiment:
         did not come with its record is trained again."""
         marker = self.training_record(method, fold, steps)
         fold_dir = self.fold_dir(method, fold, steps, prepared)
-        if marker.is_file() and (not to_predict or (fold_dir / "checkpoint_final.pth").is_file()):
+        if marker.is_file() and (not to_predict or self.final_checkpoint(method, fold, steps, prepared).is_file()):
             return json.loads(marker.read_text())
         start = time.perf_counter()
         resume = resumable(fold_dir)
@@ -318,7 +324,7 @@ class Experiment:
         """Whether the fold's test prediction was made at ``steps`` by a model still here; one at other steps
         predates a longer ladder, one whose model is gone came with ``runs/`` from another machine."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        model = self.fold_dir(method, fold, steps, prepared) / "checkpoint_final.pth"
+        model = self.final_checkpoint(method, fold, steps, prepared)
         return marker.is_file() and json.loads(marker.read_text())["steps"] == steps and model.is_file()
 
     def test(self, method: str, fold: int, choice, prepared: dict) -> None:
@@ -407,6 +413,47 @@ class Experiment:
         tested = sum(self.tested(line.method, fold, choice.steps, prepared) for fold in folds)
         return f"S = {choice.steps}, {tested} of {len(folds)} seeds tested"
 
+    def measured_step_s(self, method: str) -> float | None:
+        """Seconds per step of ``method``'s longest training finished on this machine and device, its start and
+        final validation included (an upper bound); None where none has."""
+        here = machine()
+        records = [json.loads(path.read_text()) for path in (self.runs_dir / "training").glob("*_fold*steps.json")]
+        records = [
+            record
+            for record in records
+            if (record["method"], record["machine"], record["device"]) == (method, here, self.args.device)
+        ]
+        if not records:
+            return None
+        longest = max(records, key=lambda record: record["steps"])
+        return longest["train_s"] / longest["steps"]
+
+    def line_left_s(self, line: Line, prepared: dict) -> float:
+        """At most how long the rest of a line takes: seed 0's untrained rungs (none once S is chosen), then
+        every untested seed at S (the top rung while climbing), trained unless its model is here; at this
+        machine's measured speed where a training of the method finished on it, else the protocol's cost."""
+        if line.budget is None:
+            return 0.0 if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else ZERO_SHOT_COST_S
+        method = METHODS[line.method]
+        step_s = self.measured_step_s(line.method) or method.cpu_step_s
+        folds = [fold["fold"] for fold in self.line_folds(line)]
+        dice = self.validation_dice(line.method, folds[0])
+        choice = self.ladder.choice(line.method, dice)
+        rungs = self.ladder.rungs_for(line.method)
+        climb = [steps for steps in rungs if steps not in dice] if choice is None else []
+        steps = rungs[-1] if choice is None else choice.steps
+        left = sum(step_s * rung + method.cpu_run_s for rung in climb)
+        for fold in folds:
+            if choice is None and fold == folds[0]:
+                continue  # its top rung is the climb's last, and predicts from there
+            if choice is not None and self.tested(line.method, fold, steps, prepared):
+                continue
+            trained = self.training_record(line.method, fold, steps).is_file() and (
+                self.final_checkpoint(line.method, fold, steps, prepared).is_file()
+            )
+            left += method.cpu_run_s + (0.0 if trained else step_s * steps)
+        return left
+
     def input_size_args(self) -> list:
         return ["--input-size", str(self.args.input_size)] if self.args.input_size else []
 
@@ -429,14 +476,19 @@ class Experiment:
         return workspace.simclr_checkpoint
 
     def plan(self) -> None:
-        """Print every shard's lines, where each stands and its hours at most on this project's 2-core CPU."""
+        """Print every shard's lines, where each stands, and its hours at most: in all on this project's 2-core
+        CPU (what shards are balanced by, so they never change), and left at this machine's measured speed."""
         prepared = self.prepare()
         every_share = shares(self.all_lines(), self.line_cost, parse_shard(self.args.shard)[1])
         for index, share in enumerate(every_share):
             hours = sum(self.line_cost(line) for line in share) / 3600
+            left = {line.name: self.line_left_s(line, prepared) / 3600 for line in share}
             print(
-                f"shard {index}/{len(every_share)}: at most {hours:.1f} h on a 2-core CPU: "
-                + "; ".join(f"{line.name} ({self.line_status(line, prepared)})" for line in share)
+                f"shard {index}/{len(every_share)}: at most {hours:.1f} h on a 2-core CPU, "
+                f"{sum(left.values()):.1f} h left: "
+                + "; ".join(
+                    f"{line.name} ({self.line_status(line, prepared)}, {left[line.name]:.1f} h left)" for line in share
+                )
             )
 
     def run_shard(self) -> None:
