@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "nnunet_autosam.inference.zero_shot",
     "nnunet_autosam.inference.memo_prefill",
     "nnunet_autosam.training.embedding_cache.command",
+    "nnunet_autosam.training.pseudo_labels",
     "nnunet_autosam.comparison.holdout",
     "nnunet_autosam.comparison.runs",
     "nnunet_autosam.run.demo",

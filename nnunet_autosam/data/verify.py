@@ -53,12 +53,9 @@ def files_ending(folder: Path, file_ending: str) -> dict:
     return {name: folder / f"{name}{file_ending}" for name in list_cases(folder, file_ending)}
 
 
-def subset_cases(folder: Path, subset: str, num_channels: int, file_ending: str, problems: list) -> list:
-    """The cases of imagesTr or imagesTs with their labels; missing or stray files go to ``problems``.
-
-    Test labels are optional as in nnU-Net, but once labelsTs exists every test case needs one.
-    """
-    images_dir, labels_dir = folder / f"images{subset}", folder / f"labels{subset}"
+def image_channels(images_dir: Path, num_channels: int, file_ending: str, problems: list) -> dict:
+    """Case name -> its channel files in channel order, for a folder of CASE_XXXX images (imagesTr, imagesTs or
+    any folder nnUNetv2_predict reads); misnamed files and missing channels go to ``problems``."""
     channels: dict = {}
     for stem, path in files_ending(images_dir, file_ending).items():
         match = RAW_IMAGE_NAME.fullmatch(stem)
@@ -69,18 +66,29 @@ def subset_cases(folder: Path, subset: str, num_channels: int, file_ending: str,
                 f"{path} is not named CASE_XXXX{file_ending} with a channel below {num_channels}, "
                 f"as dataset.json's channel_names ask"
             )
-    labels = files_ending(labels_dir, file_ending)
-    label_required = subset == "Tr" or labels_dir.is_dir()
-    cases = []
     for name, found in sorted(channels.items()):
         problems.extend(
             f"{images_dir / f'{name}_{channel:04d}{file_ending}'} is missing: case {name} has other channels"
             for channel in range(num_channels)
             if channel not in found
         )
+    return {name: [found[channel] for channel in sorted(found)] for name, found in sorted(channels.items())}
+
+
+def subset_cases(folder: Path, subset: str, num_channels: int, file_ending: str, problems: list) -> list:
+    """The cases of imagesTr or imagesTs with their labels; missing or stray files go to ``problems``.
+
+    Test labels are optional as in nnU-Net, but once labelsTs exists every test case needs one.
+    """
+    images_dir, labels_dir = folder / f"images{subset}", folder / f"labels{subset}"
+    channels = image_channels(images_dir, num_channels, file_ending, problems)
+    labels = files_ending(labels_dir, file_ending)
+    label_required = subset == "Tr" or labels_dir.is_dir()
+    cases = []
+    for name, images in channels.items():
         if name not in labels and label_required:
             problems.append(f"{labels_dir / (name + file_ending)} is missing: case {name} has images")
-        cases.append(Case(name, [found[channel] for channel in sorted(found)], labels.get(name)))
+        cases.append(Case(name, images, labels.get(name)))
     problems.extend(
         f"{path} has no image: {images_dir} holds no {name}_0000{file_ending}"
         for name, path in labels.items()

@@ -45,6 +45,21 @@ def nnunet_command(name: str) -> str:
     return found
 
 
+def run_command(command, env=None) -> str:
+    """Run one command (nnU-Net's by their bare names) with ``env`` (default: this process's); return its stdout,
+    or fail with its output's tail."""
+    command = list(command)
+    if command[0].startswith("nnUNetv2_"):
+        command = [nnunet_command(command[0]), *command[1:]]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed with exit code {result.returncode}:\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    return result.stdout
+
+
 class Workspace:
     """nnU-Net folders under one root, and a runner for the stock and plugin commands on one dataset id."""
 
@@ -71,15 +86,7 @@ class Workspace:
         env = self.env
         if command[0] == "nnUNetv2_train" and "-device" in command and command[command.index("-device") + 1] == "cpu":
             env = dict(env, nnUNet_n_proc_DA="0")  # augment in the main process: worker start-up dominates on CPU
-        if command[0].startswith("nnUNetv2_"):
-            command = (nnunet_command(command[0]), *command[1:])
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(command)} failed with exit code {result.returncode}:\n"
-                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-            )
-        return result.stdout
+        return run_command(command, env)
 
     def plugin(self, *args: str) -> str:
         return self.run(sys.executable, "-m", "nnunet_autosam.cli", *args)
