@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from nnunet_autosam.data.conversion import dataset_folder
 from nnunet_autosam.data.verify import image_channels, num_channels_of
+from nnunet_autosam.evaluation.report import TRAINED_MARKER
 from nnunet_autosam.utilities.atomic import atomic_path, write_json
 from nnunet_autosam.utilities.commands import run_command
 from nnunet_autosam.utilities.devices import pick_device
@@ -60,7 +61,10 @@ class Teacher:
 
     @property
     def name(self) -> str:
-        return f"{self.trainer}__{self.plans}__{self.configuration}"
+        """Its model folder's name under $nnUNet_results/DATASET, as nnU-Net builds it."""
+        from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+        return convert_trainer_plans_config_to_identifier(self.trainer, self.plans, self.configuration)
 
 
 def fold_cases(dataset_name: str, fold: int) -> tuple:
@@ -77,7 +81,7 @@ def fold_cases(dataset_name: str, fold: int) -> tuple:
 def check_models(dataset_name: str, teachers, fold: int, student_plans: str) -> None:
     """Every teacher trained on the fold, and the student's plans there, before anything is predicted."""
     for teacher in teachers:
-        model = nnunet_folder("nnUNet_results") / dataset_name / teacher.name / f"fold_{fold}" / "checkpoint_final.pth"
+        model = nnunet_folder("nnUNet_results") / dataset_name / teacher.name / f"fold_{fold}" / TRAINED_MARKER
         if not model.is_file():
             raise InputError(
                 f"{model} not found: train the teacher first (nnUNetv2_train {dataset_name} "
