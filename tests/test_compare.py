@@ -23,7 +23,8 @@ from nnunet_autosam.data.synthetic import write_synthetic_raw_dataset
 
 pytestmark = pytest.mark.slow
 
-METHODS = ["nnunet", "linear", "zero_shot"]  # the other heads run the same code with another trainer
+METHODS = ["nnunet", "linear", "pseudo", "zero_shot"]  # the other heads run the same code with another trainer
+VARIANTS = ["linear:0:1", "linear:0.5:2"]  # the student of the linear head's labels: every voxel; the sure ones
 SMOKE = [
     "--holdout",
     "1",
@@ -48,6 +49,8 @@ SMOKE = [
     "2",
     "--methods",
     *METHODS,
+    "--pseudo-variants",
+    *VARIANTS,
 ]
 DERIVED = "Dataset902_SyntheticBlobs"
 
@@ -82,7 +85,7 @@ def cases(folder):
 
 def test_every_run_finishes_and_a_patient_never_straddles_train_validation_and_test(experiment):
     _, output, stdout, source, before = experiment
-    assert "3 lines: " in stdout
+    assert "4 lines: " in stdout
     assert snapshot(source) == before  # the user's dataset is only read
     derived = output / "nnUNet_raw" / DERIVED
     test_cases = cases(derived / "labelsTs")
@@ -100,7 +103,7 @@ def test_every_run_finishes_and_a_patient_never_straddles_train_validation_and_t
         p.name.split(".")[0] for p in (output / "nnUNet_preprocessed" / DERIVED / "nnUNetPlans_2d").iterdir()
     }
     assert not preprocessed & set(test_cases)  # nnU-Net never planned on the test set
-    for run in ("nnunet_fold0", "linear_fold0", "zero_shot"):
+    for run in ("nnunet_fold0", "linear_fold0", "pseudo_fold0", "zero_shot"):
         assert json.loads((output / "runs" / f"{run}.json").read_text())["wall_s"] > 0
     for folder in (output / "test_predictions").iterdir():
         assert cases(folder / "fold_0") == test_cases
@@ -129,6 +132,45 @@ def test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validat
         assert predicts and all(f"nnUNet_results={output}/nnUNet_results/steps_2 " in c for c in predicts)
         chosen = output / "nnUNet_results" / "chosen" / DERIVED / folder.name
         assert (chosen / "fold_0").resolve() == (folder / "fold_0").resolve() and (chosen / "plans.json").is_file()
+
+
+def student_dataset(output, text):
+    """(its record under runs/students, its DatasetXXX_NAME) of fold 0's student of pseudo-label variant ``text``."""
+    key = protocol.PseudoVariant.parse(text).key
+    record = json.loads((output / "runs" / "students" / f"SyntheticBlobs_{key}_fold0.json").read_text())
+    return record, f"Dataset{record['dataset_id']:03d}_{record['run']}"
+
+
+def test_the_student_learns_from_the_unlabelled_patient_only_and_its_variant_is_chosen_on_validation(experiment):
+    _, output, _, _, _ = experiment
+    (fold,) = json.loads((output / "nnUNet_preprocessed" / DERIVED / "few_label_splits.json").read_text())["folds"]
+    held_out = set(cases(output / "nnUNet_raw" / DERIVED / "labelsTs"))
+    dice = {}
+    for text in VARIANTS:
+        record, name = student_dataset(output, text)
+        made = json.loads((output / "nnUNet_raw" / name / "pseudo_labels.json").read_text())
+        teachers = [teacher.split("__")[0] for teacher in made["teachers"]]
+        assert (record["variant"], record["unlabelled"], teachers) == (text, 2, ["SAMLinearTrainer"])
+        unlabelled = set(made["unlabelled"])  # the patient neither labelled, validated on nor held out: 2 cases
+        assert len({case.split("_")[0] for case in unlabelled}) == 1 and len(unlabelled) == 2
+        assert not unlabelled & (held_out | set(fold["train_cases"]) | set(fold["val_cases"]))
+        (split,) = json.loads((output / "nnUNet_preprocessed" / name / "splits_final.json").read_text())
+        assert split["val"] == fold["val_cases"]  # scored on the comparison's own validation, with real labels
+        weight = protocol.PseudoVariant.parse(text).labelled_weight
+        assert sorted(split["train"]) == sorted(fold["train_cases"] * weight + made["unlabelled"])
+        training = output / "runs" / "training" / f"{protocol.PseudoVariant.parse(text).key}_fold0_2steps.json"
+        dice[text] = json.loads(training.read_text())["val_dice"]
+    chosen = max(VARIANTS, key=dice.__getitem__)  # the first listed on a tie, as the comparison breaks it
+    key = protocol.PseudoVariant.parse(chosen).key
+    test = json.loads((output / "runs" / "pseudo_fold0.json").read_text())
+    assert (test["variant"], test["steps"], test["training"]) == (chosen, 2, f"{key}_fold0_2steps")
+    climbed = {path.name for path in (output / "runs" / "training").glob("pseudo_*_4steps.json")}
+    assert climbed == {f"{key}_fold0_4steps.json"}  # only the chosen variant climbs the ladder
+    (trained,) = (output / "nnUNet_results" / "steps_2" / student_dataset(output, chosen)[1]).glob(
+        "nnUNetTrainerPseudoLabelStudent__*"
+    )
+    link = output / "nnUNet_results" / "chosen" / DERIVED / trained.name / "fold_0"
+    assert link.resolve() == (trained / "fold_0").resolve()  # the report scores the student as the fold's model
 
 
 def new_commands(output, log):
@@ -199,9 +241,15 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     left = plan_entries(compare("--plan"))
     assert left["nnunet_budget1"].endswith(" h left") and not left["nnunet_budget1"].endswith(" 0.0 h left")
     assert left["linear_budget1"].endswith(", 0.0 h left")
+    ladder_record = (output / "runs" / "training" / f"nnunet_fold0_{steps}steps.json").read_text()
     compare()
     assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"]
     assert f"steps_{steps} " in (output / "commands.log").read_text()[len(log) :].splitlines()[0]
+    # the ladder's record stands; the second training has its own, which the test record names
+    assert (output / "runs" / "training" / f"nnunet_fold0_{steps}steps.json").read_text() == ladder_record
+    retrained = json.loads((output / "runs" / "training" / f"nnunet_fold0_{steps}steps_retrained.json").read_text())
+    test = json.loads((output / "runs" / "nnunet_fold0.json").read_text())
+    assert test["training"] == retrained["run"] and test["val_dice"] == retrained["val_dice"]
 
 
 def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_path):
@@ -214,7 +262,7 @@ def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_p
     )
     with open(published / "table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3  # two trained methods and zero-shot, one budget
+    assert len(rows) == 4  # three trained methods and zero-shot, one budget
     for row in rows:
         assert row["n_seeds"] == "1" and not row["missing_folds"]
         for column in ("Dice_blob1_mean", "Dice_blob2_mean", "Dice_blob3_mean", "mean_Dice_mean", "HD95_mm_mean"):
@@ -225,11 +273,16 @@ def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_p
     assert "| method | blob1 | blob2 | blob3 | mean Dice |" in table and "ACDC" not in table
     assert "batch 4, 2 iterations per epoch; each method's steps chosen on validation from the ladder 2 4" in table
     assert "| nnunet | 1 | 2: " in table and str(output) not in table
+    test = json.loads((output / "runs" / "pseudo_fold0.json").read_text())
+    assert f"| pseudo ({test['variant']}) | 1 | 2: " in table and f"{test['variant']} " in table
+    assert f"- 1 labelled patient: nnU-Net + SAM pseudo-labels ({test['variant']}; " in table
+    assert "above labelled-only nnU-Net (" in table and "above its teacher linear (" in table
+    assert "(chosen)" in table and "## Pseudo-labels against the real labels" in table
     for image in ("plot.png", "validation_curves.png"):
         assert (published / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(published / "validation_curves.csv", newline="") as f:
         curves = list(csv.DictReader(f))
-    assert {row["method"] for row in curves} == {"linear", "nnunet"}
+    assert {row["method"] for row in curves} == {"linear", "nnunet", "pseudo"}
     assert {row["step"] for row in curves} <= {"2", "4"}  # one point per epoch of 2 iterations
     assert all(0 <= float(row["pseudo_dice"]) <= 1 for row in curves)
     commands = (published / "commands.md").read_text()
@@ -237,7 +290,9 @@ def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_p
     assert "nnUNetv2_train 902 2d 0 -tr SAMLinearTrainer -p nnUNetPlans_SAM_tiny_64 -device cpu" in commands
     assert "nnunet-autosam compare 402 --output OUTPUT --holdout 1" in commands
     timings = json.loads((published / "timings.json").read_text())
-    assert len(timings["runs"]) == 3 and len(timings["trainings"]) == 4 and timings["machine"] and "code" in timings
+    # 2 rungs of nnU-Net (one trained again) and linear, each student variant at 2 steps, the chosen one at 4
+    assert len(timings["runs"]) == 4 and len(timings["trainings"]) == 8 and timings["machine"] and "code" in timings
+    assert [record["wall_s"] > 0 for record in timings["student_datasets"]] == [True, True]
 
 
 def plan_entries(stdout):
@@ -255,7 +310,7 @@ def test_plan_lists_every_line_once_with_where_it_stands_and_trains_nothing(expe
     assert [line.split(":")[0] for line in lines] == ["shard 0/2", "shard 1/2"]
     assert all(", 0.0 h left: " in line for line in lines)  # every line has finished
     entries = plan_entries(stdout)
-    assert sorted(entries) == ["linear_budget1", "nnunet_budget1", protocol.ZERO_SHOT]
+    assert sorted(entries) == ["linear_budget1", "nnunet_budget1", "pseudo_budget1", protocol.ZERO_SHOT]
     assert entries["nnunet_budget1"].startswith("S = ") and entries["nnunet_budget1"].endswith(
         ", 1 of 1 seeds tested, 0.0 h left"
     )

@@ -184,3 +184,69 @@ def test_channels_reach_the_sam_plans_only_when_asked(tmp_path, monkeypatch):
     assert [line for line in default if line.startswith("nnunet-autosam plans")] == [
         plans.replace(" --channels separate", "")
     ]
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [("autosam:0.8:10", "pseudo_autosam_c0p8_w10"), ("autosam+nnunet:0:1", "pseudo_autosam_nnunet_c0_w1")],
+)
+def test_a_pseudo_label_variant_reads_back_as_written_and_names_its_records_plainly(text, key):
+    variant = protocol.PseudoVariant.parse(text)
+    assert (variant.text, variant.key) == (text, key)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("autosam:0.8", "write e.g. autosam:0.8:10"),
+        ("pseudo:0.8:1", "teacher 'pseudo' is not a trained method"),
+        ("unet:0.8:1", "teacher 'unet' is not a trained method"),
+        ("autosam:high:1", "the confidence as a number"),
+        ("autosam:1:1", r"must lie in \[0, 1\)"),
+        ("autosam:0.5:0", "be at least 1"),
+    ],
+)
+def test_a_bad_pseudo_label_variant_is_refused_with_the_fix(text, problem):
+    with pytest.raises(InputError, match=problem):
+        protocol.PseudoVariant.parse(text)
+
+
+def test_the_student_costs_its_other_variants_at_the_lowest_rung_and_a_dataset_per_student():
+    schedule, method = protocol.SCHEDULES["cpu"], protocol.METHODS[protocol.PSEUDO]
+    cost = protocol.Line(protocol.PSEUDO, 1).cost(schedule, (250, 500), 3, variants=3)
+    steps, runs, students = 750 + 2 * 500 + 2 * 250, 2 + 2 + 2, 3 + 2
+    assert cost == pytest.approx(method.cpu_step_s * steps + method.cpu_run_s * runs + students * 900.0)
+    nnunet = protocol.Line("nnunet", 1)
+    assert nnunet.cost(schedule, (250, 500), 3, variants=3) == nnunet.cost(schedule, (250, 500), 3)
+
+
+def test_a_student_without_its_teacher_among_the_methods_is_refused(tmp_path):
+    options = ["compare", "402", "--output", str(tmp_path), "--methods", "nnunet", "pseudo"]
+    with pytest.raises(InputError, match="teacher autosam is not among --methods: add it"):
+        Experiment(cli.build_parser().parse_args([*options, "--pseudo-variants", "autosam:0.8:1"]))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+PSEUDO = "nnUNetTrainerPseudoLabelStudent__nnUNetPlans_batch4__2d"
+
+
+def test_the_table_says_whether_the_student_beats_nnunet_and_its_teacher(tmp_path):
+    args = SimpleNamespace(budgets=[1, 5], seeds=1, claim_min_dice=39.0)
+    folds = [{"fold": 0, "budget": 1, "seed": 0}, {"fold": 1, "budget": 5, "seed": 0}]
+    folders = {"nnunet": NNUNET, "autosam": AUTOSAM, protocol.PSEUDO: PSEUDO}
+    rows = [("1", NNUNET, 1, 30.0), ("1", AUTOSAM, 1, 40.0), ("1", PSEUDO, 1, 45.0)]
+    rows += [("5", NNUNET, 1, 80.0), ("5", PSEUDO, 1, 70.0)]
+    per_fold = {(NNUNET, 0): 30.0, (AUTOSAM, 0): 40.0, (NNUNET, 1): 80.0}
+    write_report(tmp_path, rows, per_fold)
+    variants = {1: protocol.PseudoVariant.parse("autosam:0.8:10"), 5: protocol.PseudoVariant.parse("autosam:0:1")}
+    lines = claims(args, tmp_path, folds, folders, variants).splitlines()
+    assert lines[2] == (
+        "- 1 labelled patient: nnU-Net + SAM pseudo-labels (autosam:0.8:10; it learns from the fold's unlabelled "
+        "units too, 45.0 over 1 seeds) is above labelled-only nnU-Net (30.0 over 1 seeds): holds; above its "
+        "teacher autosam (40.0 over 1 seeds): holds"
+    )
+    (five,) = [line for line in lines if line.startswith("- 5 labelled patients: nnU-Net + SAM")]
+    assert five.endswith(
+        "above labelled-only nnU-Net (80.0 over 1 seeds): **fails**; above its teacher autosam: not measured"
+    )
+    assert "pseudo-labels" not in claims(args, tmp_path, folds, folders)  # no variant chosen: no student claim

@@ -3,7 +3,14 @@
 The classes live in the installed package; this module only makes them visible to that lookup.
 """
 
-from nnunet_autosam.training.trainer_base import nnUNetTrainerEnvSchedule
+from nnunet_autosam.training.trainer_base import nnUNetTrainerEnvSchedule, nnUNetTrainerPseudoLabelStudent
 from nnunet_autosam.training.trainers import AutoSAMFullFTTrainer, AutoSAMTrainer, SAMCNNTrainer, SAMLinearTrainer
 
-__all__ = ["AutoSAMTrainer", "SAMCNNTrainer", "SAMLinearTrainer", "AutoSAMFullFTTrainer", "nnUNetTrainerEnvSchedule"]
+__all__ = [
+    "AutoSAMTrainer",
+    "SAMCNNTrainer",
+    "SAMLinearTrainer",
+    "AutoSAMFullFTTrainer",
+    "nnUNetTrainerEnvSchedule",
+    "nnUNetTrainerPseudoLabelStudent",
+]

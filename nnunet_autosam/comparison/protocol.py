@@ -7,12 +7,17 @@ measurements on its 2-core CPU in bf16 (AMD EPYC, AVX512-BF16): training steps a
 2000-step ACDC run, the heads' from cached embeddings (a few steps timed beside another job, halved), ft-all's
 the fp32 figure of its idle ACDC run, an upper bound; they balance shards and let ``--plan`` say how long each
 takes, and a head from outside the project is costed as AutoSAM.
+
+The pseudo-label method (``pseudo``) is nnU-Net trained on a fold's labelled units plus its teachers' labels of
+the fold's unlabelled ones (training/pseudo_labels.py). How it is made (which teachers, which voxels are
+dropped as doubtful, how much the real labels weigh) is a variant; seed 0 trains one student per variant at
+the method's lowest rung, its validation picks the variant, and that variant climbs the ladder as any method.
 """
 
 from dataclasses import dataclass
 
 from nnunet_autosam.model.heads import HEADS
-from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, SIMCLR_TRAINER
+from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, PSEUDO_LABEL_TRAINER, SIMCLR_TRAINER
 from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.shards import parse_shard
 
@@ -40,13 +45,57 @@ def method_table() -> dict:
         },
         "ftall": Method(FULL_FT_TRAINER, True, 14.0, 1700.0),
         "simclr": Method(SIMCLR_TRAINER, False, 1.2, 230.0),
+        PSEUDO: Method(PSEUDO_LABEL_TRAINER, False, 1.2, 230.0),
     }
 
 
+PSEUDO = "pseudo"
 METHODS = method_table()
 ZERO_SHOT = "zero_shot"
 DEFAULT_METHODS = ("nnunet", "autosam", "linear", "cnn", "ftall", ZERO_SHOT)
 ZERO_SHOT_COST_S = 500.0  # about one encoder pass per test slice
+# A student dataset: the teachers predicting the unlabelled units, then nnU-Net preprocessing them (an estimate)
+STUDENT_DATASET_S = 900.0
+# Keep every voxel; drop the doubtful ones; drop them and draw the real labels ten times as often.
+DEFAULT_PSEUDO_VARIANTS = ("autosam:0:1", "autosam:0.8:1", "autosam:0.8:10")
+
+
+@dataclass(frozen=True)
+class PseudoVariant:
+    """How a student dataset is made: TEACHER[+TEACHER...]:MIN_CONFIDENCE:LABELLED_WEIGHT (pseudo-labels' options)."""
+
+    teachers: tuple
+    min_confidence: float
+    labelled_weight: int
+
+    @classmethod
+    def parse(cls, text: str) -> "PseudoVariant":
+        parts = text.split(":")
+        problem = f"--pseudo-variants {text!r} is not TEACHER[+TEACHER]:MIN_CONFIDENCE:LABELLED_WEIGHT"
+        if len(parts) != 3 or not parts[0]:
+            raise InputError(f"{problem}: write e.g. autosam:0.8:10")
+        teachers = tuple(parts[0].split("+"))
+        for teacher in teachers:
+            if teacher not in METHODS or teacher == PSEUDO:
+                teachers_known = ", ".join(name for name in METHODS if name != PSEUDO)
+                raise InputError(f"{problem}: teacher {teacher!r} is not a trained method; use one of {teachers_known}")
+        try:
+            confidence, weight = float(parts[1]), int(parts[2])
+        except ValueError:
+            raise InputError(f"{problem}: write the confidence as a number and the weight as a whole number") from None
+        if not 0 <= confidence < 1 or weight < 1:
+            raise InputError(f"{problem}: the confidence must lie in [0, 1) and the weight be at least 1")
+        return cls(teachers, confidence, weight)
+
+    @property
+    def text(self) -> str:
+        return f"{'+'.join(self.teachers)}:{self.min_confidence:g}:{self.labelled_weight}"
+
+    @property
+    def key(self) -> str:
+        """Its students' records' and datasets' name: letters, digits and underscores only."""
+        confidence = f"{self.min_confidence:g}".replace(".", "p")
+        return f"{PSEUDO}_{'_'.join(self.teachers)}_c{confidence}_w{self.labelled_weight}"
 
 
 @dataclass(frozen=True)
@@ -116,15 +165,21 @@ class Line:
     def name(self) -> str:
         return self.method if self.budget is None else f"{self.method}_budget{self.budget}"
 
-    def cost(self, schedule: Schedule, rungs: tuple, seeds: int) -> float:
-        """At most: every rung on seed 0, the top one on the other seeds, each run's fixed part and prediction."""
+    def cost(self, schedule: Schedule, rungs: tuple, seeds: int, variants: int = 1) -> float:
+        """At most: every rung on seed 0, the top one on the other seeds, each run's fixed part and prediction;
+        for the pseudo-label method also every other variant at the lowest rung and every student dataset (not
+        its teachers, whose own lines are costed)."""
         if self.budget is None:
             return ZERO_SHOT_COST_S
         method = METHODS[self.method]
         if self.method in schedule.one_seed_methods:
             seeds = 1
-        steps = sum(rungs) + (seeds - 1) * rungs[-1]
-        return method.cpu_step_s * steps + method.cpu_run_s * (len(rungs) + seeds - 1)
+        if self.method != PSEUDO:
+            variants = 1
+        steps = sum(rungs) + (seeds - 1) * rungs[-1] + (variants - 1) * rungs[0]
+        runs = len(rungs) + seeds - 1 + variants - 1
+        students = (variants + seeds - 1) * STUDENT_DATASET_S if self.method == PSEUDO else 0.0
+        return method.cpu_step_s * steps + method.cpu_run_s * runs + students
 
 
 def all_lines(methods, budgets) -> list:

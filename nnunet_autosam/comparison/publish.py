@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 
 from nnunet_autosam.comparison.dataset import TEST_FOLDERS, test_units
-from nnunet_autosam.comparison.protocol import METHODS, ZERO_SHOT, Line
-from nnunet_autosam.comparison.provenance import LoggedWorkspace, code_version, machine
+from nnunet_autosam.comparison.protocol import METHODS, PSEUDO, ZERO_SHOT, Line, PseudoVariant
+from nnunet_autosam.comparison.provenance import code_version, machine
+from nnunet_autosam.evaluation.metrics import labels_from_dataset_json
 from nnunet_autosam.evaluation.report import dataset_title as report_title
 from nnunet_autosam.evaluation.report import display_label_names
 from nnunet_autosam.evaluation.report_tables import budget_heading
@@ -30,7 +31,7 @@ NUMBER = re.compile(r"nan|[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
 
 def publish(experiment, target: Path) -> None:
     """Score what has finished and write every published file to ``target``."""
-    prepared = experiment.load_prepared()
+    args, prepared = experiment.args, experiment.load_prepared()
     plan = experiment.plan_of(prepared)
     report_dir = experiment.root / "report"
     zero_shot = (
@@ -39,8 +40,7 @@ def publish(experiment, target: Path) -> None:
         else []
     )
     test_labels = ["--test-labels", str(plan.test_labels)] if plan.test_kind == TEST_FOLDERS else []
-    chosen = {**experiment.workspace.settings, "nnUNet_results": str(experiment.chosen_root())}
-    LoggedWorkspace(experiment.root, chosen, shown={"nnUNet_results": chosen["nnUNet_results"]}).plugin(
+    experiment.chosen_workspace().plugin(
         "report",
         "-d",
         prepared["dataset"],
@@ -55,12 +55,14 @@ def publish(experiment, target: Path) -> None:
     )
     records = read_records(experiment.runs_dir)
     trainings = read_records(experiment.runs_dir / "training")
+    students = [record for record in read_records(experiment.runs_dir / "students") if "wall_s" in record]
     target.mkdir(parents=True, exist_ok=True)
     curves = validation_curves(experiment, prepared, records)
     table = (
-        header(experiment, prepared, records, trainings)
-        + claims(experiment.args, report_dir, experiment.folds(), folders(experiment, prepared))
+        header(experiment, prepared, records, trainings, students)
+        + claims(args, report_dir, experiment.folds(), folders(experiment, prepared), chosen_variants(experiment))
         + schedules(experiment, trainings, records)
+        + pseudo_label_quality(experiment, students)
         + (report_dir / "report.md").read_text(encoding="utf-8")
     )
     write_text(table.replace(str(experiment.root), "OUTPUT"), target / "table.md")
@@ -76,6 +78,7 @@ def publish(experiment, target: Path) -> None:
             "code": code_version(),
             "runs": records,
             "trainings": trainings,
+            "student_datasets": students,
         },
         target / "timings.json",
     )
@@ -131,9 +134,10 @@ def head_training(mode: str) -> str:
     return "on the fly, augmented as nnU-Net augments"
 
 
-def wall_by_method(records: list, trainings: list) -> dict:
-    """Method -> seconds: every training it ran (its ladder's included) and its test predictions."""
-    seconds: dict = {}
+def wall_by_method(records: list, trainings: list, students: list) -> dict:
+    """Method -> seconds: every training it ran (its ladder's included), its test predictions and, for the
+    pseudo-label method, the making of its student datasets (its teachers predicting, nnU-Net preprocessing)."""
+    seconds: dict = {PSEUDO: sum(record["wall_s"] for record in students)} if students else {}
     for record in trainings:
         seconds[record["method"]] = seconds.get(record["method"], 0.0) + record["train_s"]
     for record in records:
@@ -141,7 +145,7 @@ def wall_by_method(records: list, trainings: list) -> dict:
     return seconds
 
 
-def header(experiment, prepared: dict, records: list, trainings: list) -> str:
+def header(experiment, prepared: dict, records: list, trainings: list, students: list) -> str:
     args, schedule, ladder = experiment.args, experiment.schedule, experiment.ladder
     plan = experiment.plan_of(prepared)
     description = dataset_json(experiment)
@@ -149,7 +153,7 @@ def header(experiment, prepared: dict, records: list, trainings: list) -> str:
     word = "case" if where == str(plan.test_labels) or where.startswith("the dataset's own") else "patient"
     word += "" if len(tested) == 1 else "s"
     classes = display_label_names(description, [value for value in description["labels"].values() if value])
-    by_method = wall_by_method(records, trainings)
+    by_method = wall_by_method(records, trainings, students)
     machines = sorted({f"{record['machine']} ({record['device']})" for record in records if "machine" in record})
     total = prepared["wall_s"] + sum(by_method.values())
     derived = description.get("derived_from")
@@ -192,10 +196,11 @@ def fold_dice(report_dir: Path, folder: str, fold: int) -> float | None:
     return 100 * json.loads(summary.read_text())["foreground_mean"]["Dice"]
 
 
-def claims(args, report_dir: Path, folds: list, folders: dict) -> str:
+def claims(args, report_dir: Path, folds: list, folders: dict, variants: dict | None = None) -> str:
     """At each budget: is the best trained SAM method above nnU-Net on the mean over seeds, and in how many paired
-    seeds; at the smallest, does AutoSAM reach ``--claim-min-dice``. Checked against the scored table, so that the
-    table itself says when one fails."""
+    seeds; at the smallest, does AutoSAM reach ``--claim-min-dice``; is the pseudo-label student (its variant
+    chosen per budget: ``variants``) above labelled-only nnU-Net and above its teachers. Checked against the scored
+    table, so that the table itself says when one fails."""
     with open(report_dir / "report.csv", newline="", encoding="utf-8") as f:
         rows = [row for row in csv.DictReader(f) if row["n_seeds"] not in ("", "0")]
     method_of = {folder: method for method, folder in folders.items()}
@@ -205,6 +210,8 @@ def claims(args, report_dir: Path, folds: list, folders: dict) -> str:
             method_of[row["folder"]]: row for row in rows if row["budget"] == str(budget) and row["folder"] in method_of
         }
         title = f"- {budget_heading(budget)}:"
+        if PSEUDO in by_method and (variant := (variants or {}).get(budget)):
+            lines.append(f"{title} {student_claim(by_method, variant)}")
         sam = {method: row for method, row in by_method.items() if METHODS[method].sam_plans}
         if "nnunet" not in by_method or not sam:
             lines.append(f"{title} not measured (nnU-Net and a trained SAM method need a scored fold each)")
@@ -233,6 +240,28 @@ def claims(args, report_dir: Path, folds: list, folders: dict) -> str:
     return "\n".join([*lines, "", ""])
 
 
+def student_claim(by_method: dict, variant) -> str:
+    """Whether the pseudo-label student beats labelled-only nnU-Net and each of its teachers, on the mean over seeds."""
+
+    def mean(method: str) -> str:
+        row = by_method[method]
+        return f"{float(row['mean_Dice_mean']):.1f} over {row['n_seeds']} seeds"
+
+    student = float(by_method[PSEUDO]["mean_Dice_mean"])
+    checks = []
+    for rival in ("nnunet", *variant.teachers):
+        label = "labelled-only nnU-Net" if rival == "nnunet" else f"its teacher {rival}"
+        if rival in by_method:
+            held = "holds" if student > float(by_method[rival]["mean_Dice_mean"]) else "**fails**"
+            checks.append(f"above {label} ({mean(rival)}): {held}")
+        else:
+            checks.append(f"above {label}: not measured")
+    return (
+        f"nnU-Net + SAM pseudo-labels ({variant.text}; it learns from the fold's unlabelled units too, "
+        f"{mean(PSEUDO)}) is {'; '.join(checks)}"
+    )
+
+
 def schedules(experiment, trainings: list, records: list) -> str:
     """Each method's climb on seed 0 (validation mean Dice per rung), its S, and every seed's validation at S."""
     ladder = experiment.ladder
@@ -250,7 +279,9 @@ def schedules(experiment, trainings: list, records: list) -> str:
     for method in (m for m in experiment.args.methods if m in METHODS):
         for budget in sorted(experiment.args.budgets):
             line_folds = experiment.line_folds(Line(method, budget))
-            dice = experiment.validation_dice(method, line_folds[0]["fold"])
+            variant = experiment.chosen_variant(line_folds[0]["fold"]) if method == PSEUDO else None
+            key = variant.key if variant else method
+            dice = experiment.validation_dice(key, line_folds[0]["fold"]) if method != PSEUDO or variant else {}
             if not dice:
                 continue
             choice = ladder.choice(method, dice)
@@ -264,14 +295,89 @@ def schedules(experiment, trainings: list, records: list) -> str:
             at_s = [
                 f"{json.loads(path.read_text())['val_dice']:.1f}"
                 for fold in line_folds
-                if choice and (path := experiment.training_record(method, fold["fold"], choice.steps)).is_file()
+                if choice and (path := experiment.training_record(key, fold["fold"], choice.steps)).is_file()
             ]
             seconds = sum(r["train_s"] for r in trainings if r["method"] == method and r.get("fold") in fold_ids)
             seconds += sum(r["predict_s"] for r in records if r["method"] == method and r.get("fold") in fold_ids)
             rungs = ", ".join(f"{steps}: {value:.1f}" for steps, value in sorted(dice.items()))
+            name = f"{method} ({variant.text})" if variant else method
             lines.append(
-                f"| {method} | {budget} | {rungs} | {chosen} | {gain} | {' / '.join(at_s)} | {seconds / 3600:.2f} |"
+                f"| {name} | {budget} | {rungs} | {chosen} | {gain} | {' / '.join(at_s)} | {seconds / 3600:.2f} |"
             )
+    return "\n".join([*lines, "", *variant_lines(experiment), ""])
+
+
+def chosen_variants(experiment) -> dict:
+    """Budget -> the pseudo-label variant its seed 0 chose (None while choosing); empty without the method."""
+    if PSEUDO not in experiment.args.methods:
+        return {}
+    return {
+        budget: experiment.chosen_variant(experiment.line_folds(Line(PSEUDO, budget))[0]["fold"])
+        for budget in sorted(experiment.args.budgets)
+    }
+
+
+def variant_lines(experiment) -> list:
+    """How the pseudo-label variant was chosen: each one's seed-0 validation Dice at the method's lowest rung."""
+    if PSEUDO not in experiment.args.methods:
+        return []
+    rung = experiment.ladder.rungs_for(PSEUDO)[0]
+    lines = [
+        f"Pseudo-label variants (TEACHERS:MIN_CONFIDENCE:LABELLED_WEIGHT), seed 0's validation mean Dice at {rung} "
+        "steps; the best one climbed the ladder:",
+        "",
+    ]
+    for budget, chosen in chosen_variants(experiment).items():
+        dice = experiment.variant_dice(experiment.line_folds(Line(PSEUDO, budget))[0]["fold"])
+        found = [f"{variant.text} {value:.1f}" + (" (chosen)" * (variant == chosen)) for variant, value in dice.items()]
+        lines.append(f"- {budget_heading(budget)}: {', '.join(found) or 'none trained yet'}")
+    return [*lines, ""]
+
+
+def pseudo_label_quality(experiment, records: list) -> str:
+    """Each student dataset's (``records``) pseudo-labels scored against the real labels of its unlabelled units,
+    where the doubtful voxels are left out: a diagnostic of the teachers, read after every choice was made and used
+    by none."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    if not records:
+        return ""
+    lines = [
+        "## Pseudo-labels against the real labels (a diagnostic, used for no choice)",
+        "",
+        "Each student dataset's labels of its fold's unlabelled units, scored against those units' own labels, "
+        "which nothing else reads; voxels set to ignore (below the variant's confidence) are left out.",
+        "",
+        "| student dataset | fold | variant | unlabelled cases | ignored voxels % | Dice of the rest | made in h |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    source = experiment.root / "nnUNet_raw" / experiment.workspace.dataset_name
+    for record in records:
+        student = experiment.root / "nnUNet_raw" / f"Dataset{record['dataset_id']:03d}_{record['run']}"
+        made = json.loads((student / "pseudo_labels.json").read_text())
+        description = json.loads((student / "dataset.json").read_text())
+        classes, ignore = labels_from_dataset_json(description)
+        ending = description["file_ending"]
+        per_case = []
+        for case in made["unlabelled"]:
+            # the pseudo-label is the "reference": nnU-Net leaves out a reference's ignore voxels; Dice is symmetric
+            scored = compute_metrics(
+                str(student / "labelsTr" / f"{case}{ending}"),
+                str(source / "labelsTr" / f"{case}{ending}"),
+                SimpleITKIO(),
+                classes,
+                ignore,
+            )["metrics"]
+            finite = [m["Dice"] for m in scored.values() if not math.isnan(m["Dice"])]
+            if finite:
+                per_case.append(sum(finite) / len(finite))
+        ignored = 100 * sum(made["ignored_fraction"].values()) / max(len(made["ignored_fraction"]), 1)
+        dice = f"{100 * sum(per_case) / len(per_case):.1f}" if per_case else "n/a"
+        lines.append(
+            f"| {student.name} | {record['fold']} | {record['variant']} | {record['unlabelled']} | {ignored:.1f} | "
+            f"{dice} | {record['wall_s'] / 3600:.2f} |"
+        )
     return "\n".join([*lines, "", ""])
 
 
@@ -307,7 +413,8 @@ def validation_curves(experiment, prepared: dict, records: list) -> list:
     for record in records:
         if record.get("fold") is None or record["method"] not in METHODS:
             continue
-        fold_dir = experiment.fold_dir(record["method"], record["fold"], record["steps"], prepared)
+        variant = PseudoVariant.parse(record["variant"]) if "variant" in record else None
+        fold_dir = experiment.fold_dir(record["method"], record["fold"], record["steps"], prepared, variant)
         split = folds[record["fold"]]
         per_epoch = pseudo_dice_per_epoch(fold_dir.glob("training_log_*.txt"))
         curve = {(epoch + 1) * experiment.schedule.iterations: dice for epoch, dice in per_epoch.items()}

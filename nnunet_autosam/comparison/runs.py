@@ -53,11 +53,15 @@ from nnunet_autosam.comparison.ladder import Ladder, parse_method_steps
 from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.protocol import (
     DEFAULT_METHODS,
+    DEFAULT_PSEUDO_VARIANTS,
     METHODS,
+    PSEUDO,
     SCHEDULES,
+    STUDENT_DATASET_S,
     ZERO_SHOT,
     ZERO_SHOT_COST_S,
     Line,
+    PseudoVariant,
     all_lines,
     custom_schedule,
     shard,
@@ -73,6 +77,7 @@ from nnunet_autosam.model.heads import HEADS
 from nnunet_autosam.utilities.atomic import write_json, write_text
 from nnunet_autosam.utilities.commands import STOCK_PLANS
 from nnunet_autosam.utilities.devices import pick_device
+from nnunet_autosam.utilities.errors import InputError
 from nnunet_autosam.utilities.precision import embedding_precision
 from nnunet_autosam.utilities.shards import parse_shard
 
@@ -103,6 +108,14 @@ def earlier_attempts_s(fold_dir: Path) -> float:
 class Experiment:
     def __init__(self, args):
         self.args = args
+        self.variants = [PseudoVariant.parse(text) for text in args.pseudo_variants]
+        if PSEUDO in args.methods:
+            for teacher in sorted({teacher for variant in self.variants for teacher in variant.teachers}):
+                if teacher not in args.methods:
+                    raise InputError(
+                        f"the pseudo-label teacher {teacher} is not among --methods: add it, so that the table shows "
+                        f"the teacher beside its student"
+                    )
         self.root = Path(args.output).resolve()
         self.schedule = custom_schedule(args.schedule, args.ladder, args.iters, args.batch_size, args.one_seed)
         caps, starts = parse_method_steps(args.cap, "cap"), parse_method_steps(args.start, "start")
@@ -196,7 +209,7 @@ class Experiment:
         return all_lines(self.args.methods, self.args.budgets)
 
     def line_cost(self, line: Line) -> float:
-        return line.cost(self.schedule, self.ladder.rungs_for(line.method), self.args.seeds)
+        return line.cost(self.schedule, self.ladder.rungs_for(line.method), self.args.seeds, len(self.variants))
 
     def line_folds(self, line: Line) -> list:
         """The folds of a line's budget, seed 0 first; seed 0 alone for a one-seed method."""
@@ -224,28 +237,143 @@ class Experiment:
         the report scores it, and nnUNetv2_predict runs from it as from any results folder."""
         return self.root / "nnUNet_results" / "chosen"
 
-    def choose(self, method: str, fold: int, steps: int, prepared: dict) -> None:
-        """Link a fold trained at ``steps`` into the chosen results, with its method folder's plans and dataset."""
-        trained = self.fold_dir(method, fold, steps, prepared)
+    def choose(self, method: str, fold: int, steps: int, prepared: dict, variant=None) -> None:
+        """Link a fold trained at ``steps`` into the chosen results as the dataset's fold ``fold`` (a student's
+        model, fold 0 of its own dataset, too), with its method folder's plans and dataset."""
+        trained = self.fold_dir(method, fold, steps, prepared, variant)
         method_dir = self.chosen_root() / self.workspace.dataset_name / trained.parent.name
         method_dir.mkdir(parents=True, exist_ok=True)
         for name in ("dataset.json", "plans.json", "dataset_fingerprint.json"):
             if (trained.parent / name).is_file():
                 shutil.copyfile(trained.parent / name, method_dir / name)
-        link = method_dir / trained.name
+        link = method_dir / f"fold_{fold}"
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(os.path.relpath(trained, method_dir), target_is_directory=True)
 
-    def fold_dir(self, method: str, fold: int, steps: int, prepared: dict) -> Path:
+    def fold_dir(self, method: str, fold: int, steps: int, prepared: dict, variant=None) -> Path:
+        """Where nnU-Net trains a fold: the dataset's fold, or fold 0 of the fold's student dataset of ``variant``."""
+        if variant is not None:
+            return self.results_root(steps) / self.student(fold, variant)[1] / self.folder(method, prepared) / "fold_0"
         return self.results_root(steps) / self.workspace.dataset_name / self.folder(method, prepared) / f"fold_{fold}"
 
-    def workspace_at(self, steps: int) -> LoggedWorkspace:
-        """The workspace whose trainings run ``steps`` steps into their own nnUNet_results."""
+    def workspace_at(self, steps: int, dataset: str | None = None) -> LoggedWorkspace:
+        """The workspace whose trainings run ``steps`` steps into their own nnUNet_results (on ``dataset``, by
+        default the comparison's)."""
         settings = {**self.schedule.environment(steps), "nnUNet_results": str(self.results_root(steps))}
         workspace = LoggedWorkspace(self.root, {**self.workspace.settings, **settings}, shown=settings)
+        workspace.dataset = dataset or self.workspace.dataset
+        return workspace
+
+    def chosen_workspace(self) -> LoggedWorkspace:
+        """The workspace whose nnUNet_results is the chosen one: the report, and the teachers labelling a fold."""
+        chosen = {**self.workspace.settings, "nnUNet_results": str(self.chosen_root())}
+        workspace = LoggedWorkspace(self.root, chosen, shown={"nnUNet_results": chosen["nnUNet_results"]})
         workspace.dataset = self.workspace.dataset
         return workspace
+
+    # ------------------------------------------------------------------------------- pseudo-label students
+
+    def student_record(self, name: str) -> Path:
+        return self.runs_dir / "students" / f"{name}.json"
+
+    def student(self, fold: int, variant: PseudoVariant) -> tuple:
+        """(id, DatasetXXX_NAME) of the student dataset of ``fold`` and ``variant``. Its id is given once, the
+        lowest free one from 600, and kept in its record under runs/ so that a new machine makes it under the
+        same id."""
+        name = f"{self.workspace.dataset_name.split('_', 1)[1]}_{variant.key}_fold{fold}"
+        record = self.student_record(name)
+        with exclusive(self.root / "locks" / "students.lock"):
+            if not record.is_file():
+                given = {json.loads(path.read_text())["dataset_id"] for path in record.parent.glob("*.json")}
+                taken = {int(path.name[7:10]) for path in (self.root / "nnUNet_raw").glob("Dataset[0-9][0-9][0-9]_*")}
+                write_json({"run": name, "dataset_id": min(set(range(600, 1000)) - taken - given)}, record)
+            dataset_id = json.loads(record.read_text())["dataset_id"]
+        return str(dataset_id), f"Dataset{dataset_id:03d}_{name}"
+
+    def fold_budget(self, fold: int) -> int:
+        return next(split["budget"] for split in self.folds() if split["fold"] == fold)
+
+    def make_student(self, fold: int, variant: PseudoVariant, prepared: dict) -> None:
+        """The fold's student dataset of ``variant``, once: every teacher trained on the fold at the steps its own
+        seed 0 chose and linked into the chosen results, then ``nnunet-autosam pseudo-labels`` from there."""
+        dataset, name = self.student(fold, variant)
+        short_name = name.split("_", 1)[1]
+        record = self.student_record(short_name)
+        preprocessed = self.root / "nnUNet_preprocessed" / name / "splits_final.json"
+        with exclusive(self.root / "locks" / f"{name}.lock"):
+            if "wall_s" in json.loads(record.read_text()) and preprocessed.is_file():
+                return
+            teachers = []
+            for teacher in variant.teachers:
+                seed_zero = self.line_folds(Line(teacher, self.fold_budget(fold)))[0]["fold"]
+                choice = self.climb(teacher, seed_zero, prepared)
+                self.train(teacher, fold, choice.steps, prepared, to_predict=True)
+                self.choose(teacher, fold, choice.steps, prepared)
+                teachers += ["--teacher", f"{self.trainer(teacher)}:{self.plans(teacher, prepared)}"]
+            tqdm.write(f"{now()} {PSEUDO} fold {fold}: the teachers label the unlabelled units ({variant.text})")
+            start = time.perf_counter()
+            options = ["--min-confidence", str(variant.min_confidence)]
+            options += ["--labelled-weight", str(variant.labelled_weight)]
+            self.chosen_workspace().plugin(
+                "pseudo-labels",
+                self.workspace.dataset,
+                "-f",
+                str(fold),
+                *teachers,
+                "--student-id",
+                dataset,
+                "--name",
+                short_name,
+                "-p",
+                prepared["stock_plans"],
+                *options,
+                "--device",
+                self.args.device,
+                "--no-tta",
+                "-np",
+                "1",
+                "--overwrite",
+            )
+            made = json.loads((self.root / "nnUNet_raw" / name / "pseudo_labels.json").read_text())
+            summary = {
+                "run": short_name,
+                "dataset_id": int(dataset),
+                "fold": fold,
+                "variant": variant.text,
+                "unlabelled": len(made["unlabelled"]),
+                "wall_s": round(time.perf_counter() - start, 1),
+                "finished": now(),
+                "machine": machine(),
+                "device": self.args.device,
+            }
+            write_json(summary, record)
+
+    def variant_dice(self, fold: int) -> dict:
+        """{variant: validation Dice} of the fold's students trained at the pseudo-label method's lowest rung."""
+        rung = self.ladder.rungs_for(PSEUDO)[0]
+        found = {}
+        for variant in self.variants:
+            path = self.training_record(variant.key, fold, rung)
+            if path.is_file():
+                found[variant] = json.loads(path.read_text())["val_dice"]
+        return found
+
+    def chosen_variant(self, fold: int) -> PseudoVariant | None:
+        """The variant with the best validation Dice at the lowest rung (the first listed on a tie), once every
+        variant has trained there; None before."""
+        dice = self.variant_dice(fold)
+        return max(self.variants, key=dice.__getitem__) if len(dice) == len(self.variants) else None
+
+    def choose_variant(self, fold: int, prepared: dict) -> PseudoVariant:
+        """Seed 0's student of every variant at the lowest rung, then the one its validation chose."""
+        rung = self.ladder.rungs_for(PSEUDO)[0]
+        for variant in self.variants:
+            tqdm.write(f"{now()} {PSEUDO} fold {fold}: {rung} steps, variant {variant.text}")
+            self.train(PSEUDO, fold, rung, prepared, variant=variant)
+        chosen = self.chosen_variant(fold)
+        assert chosen is not None  # every variant has its record now
+        return chosen
 
     def zero_shot_dir(self) -> Path:
         return self.root / "zero_shot" / f"zero_shot_{self.args.encoder}"
@@ -253,9 +381,9 @@ class Experiment:
     def training_record(self, method: str, fold: int, steps: int) -> Path:
         return self.runs_dir / "training" / f"{method}_fold{fold}_{steps}steps.json"
 
-    def final_checkpoint(self, method: str, fold: int, steps: int, prepared: dict) -> Path:
+    def final_checkpoint(self, method: str, fold: int, steps: int, prepared: dict, variant=None) -> Path:
         """The model a training leaves; a test prediction needs it, and it does not travel with ``runs/``."""
-        return self.fold_dir(method, fold, steps, prepared) / TRAINED_MARKER
+        return self.fold_dir(method, fold, steps, prepared, variant) / TRAINED_MARKER
 
     def validation_dice(self, method: str, fold: int) -> dict:
         """{steps: mean foreground Dice in %} of nnU-Net's final validation, for every rung trained so far."""
@@ -266,17 +394,33 @@ class Experiment:
                 found[steps] = json.loads(path.read_text())["val_dice"]
         return found
 
-    def train(self, method: str, fold: int, steps: int, prepared: dict, to_predict: bool = False) -> dict:
-        """Train one fold at ``steps`` and score its validation. An interrupted attempt resumes from its last
-        checkpoint through nnU-Net's own ``--c``, or starts again from scratch where it left none.
+    def train(self, method: str, fold: int, steps: int, prepared: dict, to_predict: bool = False, variant=None):
+        """Train one fold at ``steps`` (a pseudo-label student: of ``variant``) and score its validation; returns
+        its record. An interrupted attempt resumes from its last checkpoint through nnU-Net's own ``--c``, or
+        starts again from scratch where it left none. Shards that need one training (a teacher's) take turns.
 
         A finished training's record is enough for the ladder, so records copied onto another machine (``runs/``
         is small; checkpoints are not) keep every rung's decision; a fold ``to_predict`` whose final checkpoint
         did not come with its record is trained again."""
-        marker = self.training_record(method, fold, steps)
-        fold_dir = self.fold_dir(method, fold, steps, prepared)
-        if marker.is_file() and (not to_predict or self.final_checkpoint(method, fold, steps, prepared).is_file()):
-            return json.loads(marker.read_text())
+        marker = self.training_record(variant.key if variant else method, fold, steps)
+        with exclusive(self.root / "locks" / f"{marker.stem}.lock"):
+            final = self.final_checkpoint(method, fold, steps, prepared, variant)
+            if marker.is_file() and (not to_predict or final.is_file()):
+                return json.loads(marker.read_text())
+            return self.train_now(method, fold, steps, prepared, variant, marker)
+
+    def train_now(self, method: str, fold: int, steps: int, prepared: dict, variant, marker: Path) -> dict:
+        """Train as ``train`` says. A rung trained again for its model keeps the record the ladder chose on: nnU-Net
+        samples its batches unseeded, so a second training's validation differs, and it must not move S after the
+        test set was predicted. Its own record is ``<run>_retrained``, which the test record and the CPU hours read.
+        """
+        if marker.is_file():
+            marker = marker.with_name(f"{marker.stem}_retrained.json")
+        fold_dir = self.fold_dir(method, fold, steps, prepared, variant)
+        dataset, nnunet_fold = self.workspace.dataset, fold
+        if variant is not None:
+            self.make_student(fold, variant, prepared)
+            dataset, nnunet_fold = self.student(fold, variant)[0], 0
         start = time.perf_counter()
         resume = resumable(fold_dir)
         earlier_s = earlier_attempts_s(fold_dir) if resume else 0.0
@@ -285,12 +429,13 @@ class Experiment:
         else:
             shutil.rmtree(fold_dir, ignore_errors=True)
             options = ["-pretrained_weights", str(self.simclr_checkpoint())] if method == "simclr" else []
-        workspace = self.workspace_at(steps)
-        workspace.train(self.trainer(method), fold, self.plans(method, prepared), self.args.device, *options)
+        workspace = self.workspace_at(steps, dataset)
+        workspace.train(self.trainer(method), nnunet_fold, self.plans(method, prepared), self.args.device, *options)
         summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
         record = {
             "run": marker.stem,
             "method": method,
+            **({"variant": variant.text} if variant else {}),
             "fold": fold,
             "steps": steps,
             "val_dice": round(100 * summary["foreground_mean"]["Dice"], 2),
@@ -304,12 +449,13 @@ class Experiment:
         write_json(record, marker)
         return record
 
-    def climb(self, method: str, fold: int, prepared: dict):
+    def climb(self, method: str, fold: int, prepared: dict, variant=None):
         """Seed 0 up the ladder until its validation chooses S (or reaches the top rung)."""
-        while (steps := self.ladder.next_rung(method, self.validation_dice(method, fold))) is not None:
+        key = variant.key if variant else method
+        while (steps := self.ladder.next_rung(method, self.validation_dice(key, fold))) is not None:
             tqdm.write(f"{now()} {method} fold {fold}: {steps} steps (ladder)")
-            self.train(method, fold, steps, prepared)
-        return self.ladder.choice(method, self.validation_dice(method, fold))
+            self.train(method, fold, steps, prepared, variant=variant)
+        return self.ladder.choice(method, self.validation_dice(key, fold))
 
     def prefill_test_tiles(self, plan: Plan, plans: str) -> None:
         """The test tiles into the embedding memo in batches, once (per precision) for every head and fold."""
@@ -320,34 +466,41 @@ class Experiment:
             self.workspace.prefill_memo(plan.test_images, plans, self.args.device)
             write_text(now() + "\n", marker)
 
-    def tested(self, method: str, fold: int, steps: int, prepared: dict) -> bool:
-        """Whether the fold's test prediction was made at ``steps`` by a model still here; one at other steps
-        predates a longer ladder, one whose model is gone came with ``runs/`` from another machine."""
+    def tested(self, method: str, fold: int, steps: int, prepared: dict, variant=None) -> bool:
+        """Whether the fold's test prediction was made at ``steps`` (by a student: of ``variant``) by a model still
+        here; one at other steps predates a longer ladder, one whose model is gone came with ``runs/`` from
+        another machine."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        model = self.final_checkpoint(method, fold, steps, prepared)
-        return marker.is_file() and json.loads(marker.read_text())["steps"] == steps and model.is_file()
+        if not marker.is_file():
+            return False
+        record = json.loads(marker.read_text())
+        model = self.final_checkpoint(method, fold, steps, prepared, variant)
+        same_variant = record.get("variant") == (variant.text if variant else None)
+        return record["steps"] == steps and same_variant and model.is_file()
 
-    def test(self, method: str, fold: int, choice, prepared: dict) -> None:
+    def test(self, method: str, fold: int, choice, prepared: dict, variant=None) -> None:
         """Train one fold at the chosen steps (seed 0's is the ladder's run) and predict the test set with it."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
-        if self.tested(method, fold, choice.steps, prepared):
+        if self.tested(method, fold, choice.steps, prepared, variant):
             return
-        training = self.train(method, fold, choice.steps, prepared, to_predict=True)
+        training = self.train(method, fold, choice.steps, prepared, to_predict=True, variant=variant)
         plan = self.plan_of(prepared)
         plans = self.plans(method, prepared)
         predictions = self.root / "test_predictions" / self.folder(method, prepared) / f"fold_{fold}"
         shutil.rmtree(predictions, ignore_errors=True)
-        self.choose(method, fold, choice.steps, prepared)
+        self.choose(method, fold, choice.steps, prepared, variant)
         start = time.perf_counter()
         if method in HEADS:
             self.prefill_test_tiles(plan, plans)
-        self.workspace_at(choice.steps).predict(
-            plan.test_images, predictions, self.trainer(method), fold, plans, self.args.device
+        dataset, nnunet_fold = self.student(fold, variant)[0] if variant else None, 0 if variant else fold
+        self.workspace_at(choice.steps, dataset).predict(
+            plan.test_images, predictions, self.trainer(method), nnunet_fold, plans, self.args.device
         )
         predict_s = round(time.perf_counter() - start, 1)
         record = {
             "run": marker.stem,
             "method": method,
+            **({"variant": variant.text} if variant else {}),
             "fold": fold,
             "steps": choice.steps,
             "plateau_shown": choice.plateau_shown,
@@ -396,28 +549,36 @@ class Experiment:
             self.zero_shot(prepared)
             return
         folds = [fold["fold"] for fold in self.line_folds(line)]
-        choice = self.climb(line.method, folds[0], prepared)
+        variant = self.choose_variant(folds[0], prepared) if line.method == PSEUDO else None
+        choice = self.climb(line.method, folds[0], prepared, variant)
         for fold in folds:
             tqdm.write(f"{now()} {line.method} fold {fold}: {choice.steps} steps, test set")
-            self.test(line.method, fold, choice, prepared)
+            self.test(line.method, fold, choice, prepared, variant)
 
     def line_status(self, line: Line, prepared: dict) -> str:
         """Where a line stands, in words, for --plan."""
         if line.budget is None:
             return "done" if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else "to run"
         folds = [fold["fold"] for fold in self.line_folds(line)]
-        dice = self.validation_dice(line.method, folds[0])
+        variant, prefix = None, ""
+        if line.method == PSEUDO:
+            variant = self.chosen_variant(folds[0])
+            if variant is None:
+                trained = len(self.variant_dice(folds[0]))
+                return f"choosing the variant, {trained} of {len(self.variants)} trained"
+            prefix = f"variant {variant.text}, "
+        dice = self.validation_dice(variant.key if variant else line.method, folds[0])
         choice = self.ladder.choice(line.method, dice)
         if choice is None:
-            return "climbing" + (f", done {' '.join(map(str, dice))}" if dice else "")
-        tested = sum(self.tested(line.method, fold, choice.steps, prepared) for fold in folds)
-        return f"S = {choice.steps}, {tested} of {len(folds)} seeds tested"
+            return prefix + "climbing" + (f", done {' '.join(map(str, dice))}" if dice else "")
+        tested = sum(self.tested(line.method, fold, choice.steps, prepared, variant) for fold in folds)
+        return prefix + f"S = {choice.steps}, {tested} of {len(folds)} seeds tested"
 
     def measured_step_s(self, method: str) -> float | None:
         """Seconds per step of ``method``'s longest training finished on this machine and device, its start and
         final validation included (an upper bound); None where none has."""
         here = machine()
-        records = [json.loads(path.read_text()) for path in (self.runs_dir / "training").glob("*_fold*steps.json")]
+        records = [json.loads(path.read_text()) for path in (self.runs_dir / "training").glob("*.json")]
         records = [
             record
             for record in records
@@ -431,27 +592,39 @@ class Experiment:
     def line_left_s(self, line: Line, prepared: dict) -> float:
         """At most how long the rest of a line takes: seed 0's untrained rungs (none once S is chosen), then
         every untested seed at S (the top rung while climbing), trained unless its model is here; at this
-        machine's measured speed where a training of the method finished on it, else the protocol's cost."""
+        machine's measured speed where a training of the method finished on it, else the protocol's cost.
+        The pseudo-label method adds its variants still to train and a student dataset per untested seed."""
         if line.budget is None:
             return 0.0 if (self.runs_dir / f"{ZERO_SHOT}.json").is_file() else ZERO_SHOT_COST_S
         method = METHODS[line.method]
         step_s = self.measured_step_s(line.method) or method.cpu_step_s
         folds = [fold["fold"] for fold in self.line_folds(line)]
-        dice = self.validation_dice(line.method, folds[0])
-        choice = self.ladder.choice(line.method, dice)
         rungs = self.ladder.rungs_for(line.method)
+        variant, left, student_s = None, 0.0, 0.0
+        dice = self.validation_dice(line.method, folds[0])
+        if line.method == PSEUDO:
+            student_s = STUDENT_DATASET_S
+            variant = self.chosen_variant(folds[0])
+            if variant is None:
+                untrained = len(self.variants) - len(self.variant_dice(folds[0]))
+                left += untrained * (step_s * rungs[0] + method.cpu_run_s + student_s)
+                dice = {rungs[0]: 0.0}  # the winner's lowest rung is among them
+            else:
+                dice = self.validation_dice(variant.key, folds[0])
+        choice = self.ladder.choice(line.method, dice)
         climb = [steps for steps in rungs if steps not in dice] if choice is None else []
         steps = rungs[-1] if choice is None else choice.steps
-        left = sum(step_s * rung + method.cpu_run_s for rung in climb)
+        left += sum(step_s * rung + method.cpu_run_s for rung in climb)
         for fold in folds:
             if choice is None and fold == folds[0]:
                 continue  # its top rung is the climb's last, and predicts from there
-            if choice is not None and self.tested(line.method, fold, steps, prepared):
+            if choice is not None and self.tested(line.method, fold, steps, prepared, variant):
                 continue
-            trained = self.training_record(line.method, fold, steps).is_file() and (
-                self.final_checkpoint(line.method, fold, steps, prepared).is_file()
+            key = variant.key if variant else line.method
+            trained = self.training_record(key, fold, steps).is_file() and (
+                self.final_checkpoint(line.method, fold, steps, prepared, variant).is_file()
             )
-            left += method.cpu_run_s + (0.0 if trained else step_s * steps)
+            left += method.cpu_run_s + (0.0 if trained else step_s * steps + student_s * (fold != folds[0]))
         return left
 
     def input_size_args(self) -> list:
@@ -527,6 +700,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[1, 5], help="labelled units (default: 1 5)")
     parser.add_argument("--seeds", type=int, default=3, help="folds per budget (default: 3)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*METHODS, ZERO_SHOT])
+    parser.add_argument(
+        "--pseudo-variants",
+        nargs="+",
+        default=list(DEFAULT_PSEUDO_VARIANTS),
+        metavar="TEACHER:CONFIDENCE:WEIGHT",
+        help="for --methods pseudo: how a student dataset is made, TEACHER[+TEACHER]:MIN_CONFIDENCE:LABELLED_WEIGHT "
+        "(nnunet-autosam pseudo-labels' options); seed 0's validation at the method's lowest rung picks one "
+        f"(default: {' '.join(DEFAULT_PSEUDO_VARIANTS)})",
+    )
     parser.add_argument("--encoder", default="lite_medsam", choices=encoders.encoder_types())
     parser.add_argument("--input-size", type=int, help="encoder input size (default: the encoder's preset)")
     parser.add_argument(

@@ -5,7 +5,7 @@ import io
 from contextlib import redirect_stdout
 
 from nnunet_autosam.model.heads import HEADS, HeadSpec
-from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, SIMCLR_TRAINER
+from nnunet_autosam.utilities.commands import BASELINE_TRAINER, FULL_FT_TRAINER, PSEUDO_LABEL_TRAINER, SIMCLR_TRAINER
 
 
 def _method_names() -> dict:
@@ -15,6 +15,7 @@ def _method_names() -> dict:
         "nnUNetTrainer": "nnU-Net 2d",
         BASELINE_TRAINER: "nnU-Net 2d (set steps)",
         SIMCLR_TRAINER: "nnU-Net 2d + SimCLR",
+        PSEUDO_LABEL_TRAINER: "nnU-Net 2d + SAM pseudo-labels (unlabelled cases too)",
     }
     for head, spec in HEADS.items():
         names[spec.trainer] = spec.display_name

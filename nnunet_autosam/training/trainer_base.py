@@ -129,6 +129,12 @@ class nnUNetTrainerEnvSchedule(nnUNetTrainer):
             self.optimizer.step()
 
 
+class nnUNetTrainerPseudoLabelStudent(nnUNetTrainerEnvSchedule):
+    """nnU-Net on the same schedule, trained on a ``pseudo-labels`` student dataset (labelled cases plus a
+    teacher's labels of the unlabelled ones). It changes nothing in training: it exists so that the student's
+    results folder, and its row in a report, say that it learned from unlabelled cases too."""
+
+
 class SAMTrainerBase(nnUNetTrainerEnvSchedule):
     """Base for the SAM trainers. Subclasses set ``head`` and, to fine-tune the encoder, ``train_encoder``."""
 

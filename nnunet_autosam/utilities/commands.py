@@ -19,6 +19,7 @@ from nnunet_autosam.utilities.nnunet_paths import trainer_dir
 DATASET_ID = "27"  # ACDC's dataset id, as nnU-Net numbers it
 STOCK_PLANS = "nnUNetPlans"
 BASELINE_TRAINER = "nnUNetTrainerEnvSchedule"  # stock nnU-Net on the same short schedule
+PSEUDO_LABEL_TRAINER = "nnUNetTrainerPseudoLabelStudent"  # the same, on labelled plus pseudo-labelled cases
 SIMCLR_PRETRAINER = "nnUNetTrainerSimCLR"  # self-supervised, once, on every training image
 SIMCLR_TRAINER = "nnUNetTrainerSimCLRFinetune"  # stock nnU-Net started from the SimCLR encoder
 FULL_FT_TRAINER = "AutoSAMFullFTTrainer"  # AutoSAM with its encoder trained too
