@@ -98,6 +98,11 @@ class PseudoVariant:
         return f"{PSEUDO}_{'_'.join(self.teachers)}_c{confidence}_w{self.labelled_weight}"
 
 
+def run_key(method: str, variant) -> str:
+    """What a method's training records are named by: the method, or a pseudo-label student's variant."""
+    return variant.key if variant is not None else method
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How every method trains: the ladder of step counts its S is chosen from (comparison/ladder.py), the

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from nnunet_autosam.comparison.dataset import TEST_FOLDERS, test_units
-from nnunet_autosam.comparison.protocol import METHODS, PSEUDO, ZERO_SHOT, Line, PseudoVariant
+from nnunet_autosam.comparison.protocol import METHODS, PSEUDO, ZERO_SHOT, Line, PseudoVariant, run_key
 from nnunet_autosam.comparison.provenance import code_version, machine
 from nnunet_autosam.evaluation.metrics import labels_from_dataset_json
 from nnunet_autosam.evaluation.report import dataset_title as report_title
@@ -280,7 +280,7 @@ def schedules(experiment, trainings: list, records: list) -> str:
         for budget in sorted(experiment.args.budgets):
             line_folds = experiment.line_folds(Line(method, budget))
             variant = experiment.chosen_variant(line_folds[0]["fold"]) if method == PSEUDO else None
-            key = variant.key if variant else method
+            key = run_key(method, variant)
             dice = experiment.validation_dice(key, line_folds[0]["fold"]) if method != PSEUDO or variant else {}
             if not dice:
                 continue

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from nnunet_autosam.comparison import publish
 from nnunet_autosam.comparison.dataset import HOLDOUT, TEST_FOLDERS, Plan, plan_dataset
+from nnunet_autosam.comparison.holdout import short_name
 from nnunet_autosam.comparison.ladder import Ladder, parse_method_steps
 from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.protocol import (
@@ -64,6 +65,7 @@ from nnunet_autosam.comparison.protocol import (
     PseudoVariant,
     all_lines,
     custom_schedule,
+    run_key,
     shard,
     shares,
 )
@@ -277,11 +279,15 @@ class Experiment:
     def student_record(self, name: str) -> Path:
         return self.runs_dir / "students" / f"{name}.json"
 
+    def student_name(self, fold: int, variant: PseudoVariant) -> str:
+        """NAME of the student dataset of ``fold`` and ``variant``, and of its record under runs/students."""
+        return f"{short_name(Path(self.workspace.dataset_name))}_{variant.key}_fold{fold}"
+
     def student(self, fold: int, variant: PseudoVariant) -> tuple:
         """(id, DatasetXXX_NAME) of the student dataset of ``fold`` and ``variant``. Its id is given once, the
         lowest free one from 600, and kept in its record under runs/ so that a new machine makes it under the
         same id."""
-        name = f"{self.workspace.dataset_name.split('_', 1)[1]}_{variant.key}_fold{fold}"
+        name = self.student_name(fold, variant)
         record = self.student_record(name)
         with exclusive(self.root / "locks" / "students.lock"):
             if not record.is_file():
@@ -291,6 +297,10 @@ class Experiment:
             dataset_id = json.loads(record.read_text())["dataset_id"]
         return str(dataset_id), f"Dataset{dataset_id:03d}_{name}"
 
+    def nnunet_target(self, fold: int, variant) -> tuple:
+        """(dataset id, fold) that nnU-Net trains and predicts a fold on: a student is fold 0 of its own dataset."""
+        return (self.student(fold, variant)[0], 0) if variant is not None else (self.workspace.dataset, fold)
+
     def fold_budget(self, fold: int) -> int:
         return next(split["budget"] for split in self.folds() if split["fold"] == fold)
 
@@ -298,8 +308,7 @@ class Experiment:
         """The fold's student dataset of ``variant``, once: every teacher trained on the fold at the steps its own
         seed 0 chose and linked into the chosen results, then ``nnunet-autosam pseudo-labels`` from there."""
         dataset, name = self.student(fold, variant)
-        short_name = name.split("_", 1)[1]
-        record = self.student_record(short_name)
+        record = self.student_record(self.student_name(fold, variant))
         preprocessed = self.root / "nnUNet_preprocessed" / name / "splits_final.json"
         with exclusive(self.root / "locks" / f"{name}.lock"):
             if "wall_s" in json.loads(record.read_text()) and preprocessed.is_file():
@@ -324,7 +333,7 @@ class Experiment:
                 "--student-id",
                 dataset,
                 "--name",
-                short_name,
+                self.student_name(fold, variant),
                 "-p",
                 prepared["stock_plans"],
                 *options,
@@ -337,7 +346,7 @@ class Experiment:
             )
             made = json.loads((self.root / "nnUNet_raw" / name / "pseudo_labels.json").read_text())
             summary = {
-                "run": short_name,
+                "run": self.student_name(fold, variant),
                 "dataset_id": int(dataset),
                 "fold": fold,
                 "variant": variant.text,
@@ -402,7 +411,7 @@ class Experiment:
         A finished training's record is enough for the ladder, so records copied onto another machine (``runs/``
         is small; checkpoints are not) keep every rung's decision; a fold ``to_predict`` whose final checkpoint
         did not come with its record is trained again."""
-        marker = self.training_record(variant.key if variant else method, fold, steps)
+        marker = self.training_record(run_key(method, variant), fold, steps)
         with exclusive(self.root / "locks" / f"{marker.stem}.lock"):
             final = self.final_checkpoint(method, fold, steps, prepared, variant)
             if marker.is_file() and (not to_predict or final.is_file()):
@@ -417,10 +426,9 @@ class Experiment:
         if marker.is_file():
             marker = marker.with_name(f"{marker.stem}_retrained.json")
         fold_dir = self.fold_dir(method, fold, steps, prepared, variant)
-        dataset, nnunet_fold = self.workspace.dataset, fold
         if variant is not None:
             self.make_student(fold, variant, prepared)
-            dataset, nnunet_fold = self.student(fold, variant)[0], 0
+        dataset, nnunet_fold = self.nnunet_target(fold, variant)
         start = time.perf_counter()
         resume = resumable(fold_dir)
         earlier_s = earlier_attempts_s(fold_dir) if resume else 0.0
@@ -451,7 +459,7 @@ class Experiment:
 
     def climb(self, method: str, fold: int, prepared: dict, variant=None):
         """Seed 0 up the ladder until its validation chooses S (or reaches the top rung)."""
-        key = variant.key if variant else method
+        key = run_key(method, variant)
         while (steps := self.ladder.next_rung(method, self.validation_dice(key, fold))) is not None:
             tqdm.write(f"{now()} {method} fold {fold}: {steps} steps (ladder)")
             self.train(method, fold, steps, prepared, variant=variant)
@@ -492,7 +500,7 @@ class Experiment:
         start = time.perf_counter()
         if method in HEADS:
             self.prefill_test_tiles(plan, plans)
-        dataset, nnunet_fold = self.student(fold, variant)[0] if variant else None, 0 if variant else fold
+        dataset, nnunet_fold = self.nnunet_target(fold, variant)
         self.workspace_at(choice.steps, dataset).predict(
             plan.test_images, predictions, self.trainer(method), nnunet_fold, plans, self.args.device
         )
@@ -567,7 +575,7 @@ class Experiment:
                 trained = len(self.variant_dice(folds[0]))
                 return f"choosing the variant, {trained} of {len(self.variants)} trained"
             prefix = f"variant {variant.text}, "
-        dice = self.validation_dice(variant.key if variant else line.method, folds[0])
+        dice = self.validation_dice(run_key(line.method, variant), folds[0])
         choice = self.ladder.choice(line.method, dice)
         if choice is None:
             return prefix + "climbing" + (f", done {' '.join(map(str, dice))}" if dice else "")
@@ -620,7 +628,7 @@ class Experiment:
                 continue  # its top rung is the climb's last, and predicts from there
             if choice is not None and self.tested(line.method, fold, steps, prepared, variant):
                 continue
-            key = variant.key if variant else line.method
+            key = run_key(line.method, variant)
             trained = self.training_record(key, fold, steps).is_file() and (
                 self.final_checkpoint(line.method, fold, steps, prepared, variant).is_file()
             )
