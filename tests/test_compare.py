@@ -105,7 +105,7 @@ def test_every_run_finishes_and_a_patient_never_straddles_train_validation_and_t
     assert not preprocessed & set(test_cases)  # nnU-Net never planned on the test set
     for run in ("nnunet_fold0", "linear_fold0", "pseudo_fold0", "zero_shot"):
         assert json.loads((output / "runs" / f"{run}.json").read_text())["wall_s"] > 0
-    for folder in (output / "test_predictions").iterdir():
+    for folder in (output / "runs" / "test_predictions").iterdir():
         assert cases(folder / "fold_0") == test_cases
     assert cases(output / "zero_shot" / "zero_shot_tiny") == test_cases
 
@@ -119,6 +119,7 @@ def test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validat
             record = json.loads((output / "runs" / "training" / f"{method}_fold0_{steps}steps.json").read_text())
             dice[steps] = record["val_dice"]
             assert 0 <= dice[steps] <= 100 and record["train_s"] > 0
+            assert list(record["validation_curve"]) == [str(2 * (epoch + 1)) for epoch in range(steps // 2)]
             # Every such line (the rerun test, in any order, retrains one on purpose).
             trains = [c for c in commands if f"-tr {trainer} " in c and f"/steps_{steps} nnUNetv2_train" in c]
             schedule = f"AUTOSAM_NUM_EPOCHS={steps // 2} AUTOSAM_ITERS_PER_EPOCH=2 "
@@ -151,6 +152,10 @@ def test_the_student_learns_from_the_unlabelled_patient_only_and_its_variant_is_
         made = json.loads((output / "nnUNet_raw" / name / "pseudo_labels.json").read_text())
         teachers = [teacher.split("__")[0] for teacher in made["teachers"]]
         assert (record["variant"], record["unlabelled"], teachers) == (text, 2, ["SAMLinearTrainer"])
+        ignored = 100 * sum(made["ignored_fraction"].values()) / 2  # the diagnostic, kept in the record
+        assert record["ignored_percent"] == pytest.approx(ignored, abs=0.01)
+        assert ignored == 0 or protocol.PseudoVariant.parse(text).min_confidence > 0
+        assert record["pseudo_label_dice"] is None or 0 <= record["pseudo_label_dice"] <= 100
         unlabelled = set(made["unlabelled"])  # the patient neither labelled, validated on nor held out: 2 cases
         assert len({case.split("_")[0] for case in unlabelled}) == 1 and len(unlabelled) == 2
         assert not unlabelled & (held_out | set(fold["train_cases"]) | set(fold["val_cases"]))
@@ -188,7 +193,7 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     assert {path: path.stat().st_mtime_ns for path in (output / "runs").rglob("*.json")} == markers
 
     (output / "runs" / "linear_fold0.json").unlink()  # as if killed while predicting the test set
-    predictions = next((output / "test_predictions").glob("SAMLinearTrainer__*")) / "fold_0"
+    predictions = next((output / "runs" / "test_predictions").glob("SAMLinearTrainer__*")) / "fold_0"
     (predictions / "left_over.nii.gz").write_bytes(b"partial")
     compare()
     assert not (predictions / "left_over.nii.gz").exists()
@@ -234,10 +239,15 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     logged = (output / "commands.log").read_text()[len(log) :].splitlines()
     assert new_commands(output, log) == ["nnUNetv2_train", "nnUNetv2_predict"] and " --c" not in logged[0]
 
-    # runs/ alone on a new machine: the ladder's records stand, the fold to predict with is trained again
+    # runs/ alone on a new machine: a tested fold stands on the test predictions that came with it
     for trained in (output / "nnUNet_results").glob(f"steps_*/{DERIVED}/nnUNetTrainerEnvSchedule__*"):
         shutil.rmtree(trained)
     log = (output / "commands.log").read_text()
+    assert plan_entries(compare("--plan"))["nnunet_budget1"].endswith(", 1 of 1 seeds tested, 0.0 h left")
+    compare()
+    assert new_commands(output, log) == []
+    # ... but one whose test prediction had not finished there is trained again, to predict with
+    (output / "runs" / "nnunet_fold0.json").unlink()
     left = plan_entries(compare("--plan"))
     assert left["nnunet_budget1"].endswith(" h left") and not left["nnunet_budget1"].endswith(" 0.0 h left")
     assert left["linear_budget1"].endswith(", 0.0 h left")
@@ -253,7 +263,11 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
 
 
 def test_publish_writes_every_file_with_the_datasets_own_names(experiment, tmp_path):
+    """Published from runs/ alone, as on a machine that did not train: no model, no student dataset, no log."""
     compare, output, _, _, _ = experiment
+    shutil.rmtree(output / "nnUNet_results")
+    for student in (output / "nnUNet_raw").glob("Dataset6*"):
+        shutil.rmtree(student)
     published = tmp_path / "published"
     compare("--publish", str(published))
     assert sorted(p.name for p in published.iterdir()) == sorted(

@@ -160,6 +160,22 @@ def test_test_set_predictions(fake_tree, tmp_path):
     assert rows[(1, NNUNET)]["missing_folds"] == "1"  # trained, but no test predictions
 
 
+def test_test_predictions_count_without_their_model(fake_tree, tmp_path):
+    """A comparison's runs/ carried to another machine brings each fold's test predictions, not its model."""
+    labels_ts = fake_tree["nnUNet_raw"] / DATASET / "labelsTs"
+    moved = "SAMLinearTrainer__nnUNetPlans__2d"  # no folder in nnUNet_results at all
+    for index, case in enumerate(VAL_CASES[:2]):
+        write_volume(labels_ts / f"{case}.nii.gz", reference(index))
+        write_volume(tmp_path / "test_pred" / moved / "fold_2" / f"{case}.nii.gz", reference(index))
+        write_volume(tmp_path / "test_pred" / AUTOSAM / "fold_3" / f"{case}.nii.gz", reference(index))
+    write_volume(tmp_path / "test_pred" / moved / "fold_3" / f"{VAL_CASES[0]}.nii.gz", reference(0))
+    rows = read_rows(build_report(DATASET, test_pred_root=tmp_path / "test_pred", num_processes=1))
+    assert float(rows[(5, moved)]["mean_Dice_mean"]) == pytest.approx(100.0)
+    assert rows[(5, moved)]["n_seeds"] == "1" and rows[(5, moved)]["missing_folds"] == "3"  # 1 of 2 predicted
+    assert rows[(1, moved)]["missing_folds"] == "0 1"
+    assert rows[(5, AUTOSAM)]["n_seeds"] == "1"  # fold 3 was never trained: its predictions are scored
+
+
 def test_missing_split_table_is_an_input_error(fake_tree):
     (fake_tree["nnUNet_preprocessed"] / DATASET / "few_label_splits.json").unlink()
     with pytest.raises(InputError, match="few_label_splits.json"):

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from nnunet_autosam.comparison.dataset import TEST_FOLDERS, test_units
-from nnunet_autosam.comparison.protocol import METHODS, PSEUDO, ZERO_SHOT, Line, PseudoVariant, run_key
+from nnunet_autosam.comparison.protocol import METHODS, PSEUDO, ZERO_SHOT, Line, run_key
 from nnunet_autosam.comparison.provenance import code_version, machine
 from nnunet_autosam.evaluation.metrics import labels_from_dataset_json
 from nnunet_autosam.evaluation.report import dataset_title as report_title
@@ -45,7 +45,7 @@ def publish(experiment, target: Path) -> None:
         "-d",
         prepared["dataset"],
         "--test-pred-root",
-        str(experiment.root / "test_predictions"),
+        str(experiment.test_predictions_root()),
         *test_labels,
         *zero_shot,
         "-o",
@@ -57,12 +57,12 @@ def publish(experiment, target: Path) -> None:
     trainings = read_records(experiment.runs_dir / "training")
     students = [record for record in read_records(experiment.runs_dir / "students") if "wall_s" in record]
     target.mkdir(parents=True, exist_ok=True)
-    curves = validation_curves(experiment, prepared, records)
+    curves = validation_curves(experiment, records)
     table = (
         header(experiment, prepared, records, trainings, students)
         + claims(args, report_dir, experiment.folds(), folders(experiment, prepared), chosen_variants(experiment))
         + schedules(experiment, trainings, records)
-        + pseudo_label_quality(experiment, students)
+        + pseudo_label_quality(students)
         + (report_dir / "report.md").read_text(encoding="utf-8")
     )
     write_text(table.replace(str(experiment.root), "OUTPUT"), target / "table.md")
@@ -334,13 +334,9 @@ def variant_lines(experiment) -> list:
     return [*lines, ""]
 
 
-def pseudo_label_quality(experiment, records: list) -> str:
-    """Each student dataset's (``records``) pseudo-labels scored against the real labels of its unlabelled units,
-    where the doubtful voxels are left out: a diagnostic of the teachers, read after every choice was made and used
-    by none."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
+def pseudo_label_quality(records: list) -> str:
+    """Each student dataset's (``records``) pseudo-labels against the real labels of its unlabelled units, as
+    ``score_pseudo_labels`` scored them when the dataset was made: a diagnostic of the teachers, used by no choice."""
     if not records:
         return ""
     lines = [
@@ -352,33 +348,45 @@ def pseudo_label_quality(experiment, records: list) -> str:
         "| student dataset | fold | variant | unlabelled cases | ignored voxels % | Dice of the rest | made in h |",
         "|---|---|---|---|---|---|---|",
     ]
-    source = experiment.root / "nnUNet_raw" / experiment.workspace.dataset_name
     for record in records:
-        student = experiment.root / "nnUNet_raw" / f"Dataset{record['dataset_id']:03d}_{record['run']}"
-        made = json.loads((student / "pseudo_labels.json").read_text())
-        description = json.loads((student / "dataset.json").read_text())
-        classes, ignore = labels_from_dataset_json(description)
-        ending = description["file_ending"]
-        per_case = []
-        for case in made["unlabelled"]:
-            # the pseudo-label is the "reference": nnU-Net leaves out a reference's ignore voxels; Dice is symmetric
-            scored = compute_metrics(
-                str(student / "labelsTr" / f"{case}{ending}"),
-                str(source / "labelsTr" / f"{case}{ending}"),
-                SimpleITKIO(),
-                classes,
-                ignore,
-            )["metrics"]
-            finite = [m["Dice"] for m in scored.values() if not math.isnan(m["Dice"])]
-            if finite:
-                per_case.append(sum(finite) / len(finite))
-        ignored = 100 * sum(made["ignored_fraction"].values()) / max(len(made["ignored_fraction"]), 1)
-        dice = f"{100 * sum(per_case) / len(per_case):.1f}" if per_case else "n/a"
+        dice = record["pseudo_label_dice"]
+        shown = f"{dice:.1f}" if dice is not None else "n/a"
         lines.append(
-            f"| {student.name} | {record['fold']} | {record['variant']} | {record['unlabelled']} | {ignored:.1f} | "
-            f"{dice} | {record['wall_s'] / 3600:.2f} |"
+            f"| Dataset{record['dataset_id']:03d}_{record['run']} | {record['fold']} | {record['variant']} | "
+            f"{record['unlabelled']} | {record['ignored_percent']:.1f} | {shown} | {record['wall_s'] / 3600:.2f} |"
         )
     return "\n".join([*lines, "", ""])
+
+
+def score_pseudo_labels(student: Path, source: Path) -> dict:
+    """The mean over unlabelled cases of their pseudo-labels' mean foreground Dice against the source's real labels
+    (in %, None where no class is scored), and the share of voxels set to ignore. Scored once, when the student
+    dataset is made, so that the figures travel with ``runs/`` and the table needs no dataset of another machine."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    made = json.loads((student / "pseudo_labels.json").read_text())
+    description = json.loads((student / "dataset.json").read_text())
+    classes, ignore = labels_from_dataset_json(description)
+    ending = description["file_ending"]
+    per_case = []
+    for case in made["unlabelled"]:
+        # the pseudo-label is the "reference": nnU-Net leaves out a reference's ignore voxels; Dice is symmetric
+        scored = compute_metrics(
+            str(student / "labelsTr" / f"{case}{ending}"),
+            str(source / "labelsTr" / f"{case}{ending}"),
+            SimpleITKIO(),
+            classes,
+            ignore,
+        )["metrics"]
+        finite = [m["Dice"] for m in scored.values() if not math.isnan(m["Dice"])]
+        if finite:
+            per_case.append(sum(finite) / len(finite))
+    ignored = 100 * sum(made["ignored_fraction"].values()) / max(len(made["ignored_fraction"]), 1)
+    return {
+        "pseudo_label_dice": round(100 * sum(per_case) / len(per_case), 2) if per_case else None,
+        "ignored_percent": round(ignored, 2),
+    }
 
 
 def started_at(log_file) -> tuple:
@@ -406,18 +414,24 @@ def pseudo_dice_per_epoch(log_files) -> dict:
     return curve
 
 
-def validation_curves(experiment, prepared: dict, records: list) -> list:
-    """(method, fold, budget, seed, {training step: pseudo-Dice}) of every run that predicted the test set."""
+def validation_curve(fold_dir: Path, iterations: int) -> dict:
+    """{training step: pseudo-Dice, None for NaN} at the end of each of the fold's epochs of ``iterations`` steps,
+    from its training logs; kept in the training's record, since the logs stay on the machine that trained."""
+    per_epoch = pseudo_dice_per_epoch(fold_dir.glob("training_log_*.txt"))
+    return {str((epoch + 1) * iterations): None if math.isnan(d) else round(d, 4) for epoch, d in per_epoch.items()}
+
+
+def validation_curves(experiment, records: list) -> list:
+    """(method, fold, budget, seed, {training step: pseudo-Dice}) of every run that predicted the test set, from the
+    record of the training it predicted with."""
     folds = {f["fold"]: f for f in experiment.folds()}
     curves = []
     for record in records:
         if record.get("fold") is None or record["method"] not in METHODS:
             continue
-        variant = PseudoVariant.parse(record["variant"]) if "variant" in record else None
-        fold_dir = experiment.fold_dir(record["method"], record["fold"], record["steps"], prepared, variant)
         split = folds[record["fold"]]
-        per_epoch = pseudo_dice_per_epoch(fold_dir.glob("training_log_*.txt"))
-        curve = {(epoch + 1) * experiment.schedule.iterations: dice for epoch, dice in per_epoch.items()}
+        training = json.loads((experiment.runs_dir / "training" / f"{record['training']}.json").read_text())
+        curve = {int(step): math.nan if dice is None else dice for step, dice in training["validation_curve"].items()}
         curves.append((record["method"], record["fold"], split["budget"], split["seed"], curve))
     return curves
 

@@ -26,13 +26,14 @@ Protocol, fixed before anything trains:
   frozen-encoder passes are shared by every method and fold through ``AUTOSAM_EMBEDDING_MEMO`` (the same labels,
   tested); scores are ``nnunet-autosam report``.
 
-Resumable: each training writes ``OUTPUT/runs/training/<method>_fold<k>_<steps>steps.json`` with its validation
-Dice, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json``, when finished; neither is ever redone, but a
-training to predict with whose checkpoint is gone (``runs/`` copied to a new machine) is trained again, and its
-test prediction made again. An
-interrupted training resumes with nnUNetv2_train --c from its last checkpoint (or starts again if it left none), an
-interrupted prediction starts again. Shardable: ``--shard i/n`` takes a share of the lines (one method at one
-budget: its climb, then its seeds) balanced by their cost at most; shards may run at once on one output folder.
+Resumable: each training writes ``OUTPUT/runs/training/<method>_fold<k>_<steps>steps.json`` with its validation Dice
+and curve, and each test prediction ``OUTPUT/runs/<method>_fold<k>.json`` beside its predicted labels in
+``OUTPUT/runs/test_predictions``, when finished; neither is ever redone. ``runs/`` is all that publishing reads and
+small (no checkpoint), so copied to a new machine it carries every finished fold; only a fold still to predict whose
+checkpoint stayed behind is trained again. An interrupted training resumes with nnUNetv2_train --c from its last
+checkpoint (or starts again if it left none), an interrupted prediction starts again. Shardable: ``--shard i/n``
+takes a share of the lines (one method at one budget: its climb, then its seeds) balanced by their cost at most;
+shards may run at once on one output folder.
 """
 
 import json
@@ -71,6 +72,7 @@ from nnunet_autosam.comparison.protocol import (
 )
 from nnunet_autosam.comparison.provenance import LoggedWorkspace, machine, now
 from nnunet_autosam.data.grouping import add_grouping_arguments, grouping_from_args
+from nnunet_autosam.evaluation.metrics import DEFAULT_FILE_ENDING, list_cases, missing_predictions
 from nnunet_autosam.evaluation.report import TRAINED_MARKER
 from nnunet_autosam.model import encoders
 from nnunet_autosam.model.channel_input import STRATEGIES
@@ -344,13 +346,16 @@ class Experiment:
                 "1",
                 "--overwrite",
             )
-            made = json.loads((self.root / "nnUNet_raw" / name / "pseudo_labels.json").read_text())
+            student_raw = self.root / "nnUNet_raw" / name
+            made = json.loads((student_raw / "pseudo_labels.json").read_text())
+            source_raw = self.root / "nnUNet_raw" / self.workspace.dataset_name
             summary = {
                 "run": self.student_name(fold, variant),
                 "dataset_id": int(dataset),
                 "fold": fold,
                 "variant": variant.text,
                 "unlabelled": len(made["unlabelled"]),
+                **publish.score_pseudo_labels(student_raw, source_raw),
                 "wall_s": round(time.perf_counter() - start, 1),
                 "finished": now(),
                 "machine": machine(),
@@ -447,6 +452,7 @@ class Experiment:
             "fold": fold,
             "steps": steps,
             "val_dice": round(100 * summary["foreground_mean"]["Dice"], 2),
+            "validation_curve": publish.validation_curve(fold_dir, self.schedule.iterations),
             "train_s": round(earlier_s + time.perf_counter() - start, 1),
             "finished": now(),
             "machine": machine(),
@@ -474,17 +480,25 @@ class Experiment:
             self.workspace.prefill_memo(plan.test_images, plans, self.args.device)
             write_text(now() + "\n", marker)
 
+    def test_predictions_root(self) -> Path:
+        """Every fold's test predictions, in ``runs/`` so that they travel with the records (labels only, small)."""
+        return self.runs_dir / "test_predictions"
+
+    def test_predictions(self, method: str, fold: int, prepared: dict) -> Path:
+        return self.test_predictions_root() / self.folder(method, prepared) / f"fold_{fold}"
+
     def tested(self, method: str, fold: int, steps: int, prepared: dict, variant=None) -> bool:
-        """Whether the fold's test prediction was made at ``steps`` (by a student: of ``variant``) by a model still
-        here; one at other steps predates a longer ladder, one whose model is gone came with ``runs/`` from
-        another machine."""
+        """Whether the fold's test prediction was made at ``steps`` (by a student: of ``variant``), every test case
+        of it here; one at other steps predates a longer ladder. Its model need not be: the predictions are what is
+        scored, and they travel with ``runs/`` where checkpoints do not."""
         marker = self.runs_dir / f"{method}_fold{fold}.json"
         if not marker.is_file():
             return False
         record = json.loads(marker.read_text())
-        model = self.final_checkpoint(method, fold, steps, prepared, variant)
         same_variant = record.get("variant") == (variant.text if variant else None)
-        return record["steps"] == steps and same_variant and model.is_file()
+        cases = list_cases(self.plan_of(prepared).test_labels, DEFAULT_FILE_ENDING)
+        predicted = not missing_predictions(self.test_predictions(method, fold, prepared), cases)
+        return record["steps"] == steps and same_variant and predicted
 
     def test(self, method: str, fold: int, choice, prepared: dict, variant=None) -> None:
         """Train one fold at the chosen steps (seed 0's is the ladder's run) and predict the test set with it."""
@@ -494,7 +508,7 @@ class Experiment:
         training = self.train(method, fold, choice.steps, prepared, to_predict=True, variant=variant)
         plan = self.plan_of(prepared)
         plans = self.plans(method, prepared)
-        predictions = self.root / "test_predictions" / self.folder(method, prepared) / f"fold_{fold}"
+        predictions = self.test_predictions(method, fold, prepared)
         shutil.rmtree(predictions, ignore_errors=True)
         self.choose(method, fold, choice.steps, prepared, variant)
         start = time.perf_counter()

@@ -1,11 +1,13 @@
 """`nnunet-autosam report`: the paper's few-label table (Dice per class, mean Dice, ASSD, HD95) from trained folds.
 
-Every ``{Trainer}__{plans}__{configuration}`` folder in ``$nnUNet_results/DatasetXXX`` is one method;
-each of its trained folds (``checkpoint_final.pth`` present) maps to a (budget, seed) pair through the
-saved split table ``few_label_splits.json`` and is evaluated with :func:`evaluate_folder` (always
-afresh, so the numbers can never be stale). Per method and budget the table shows mean +/- sample std
-over seeds (Dice in %, ASSD and HD95 in mm). Folds the table lists but a method lacks are listed as missing,
-trained folds the table does not know are listed as unmapped: nothing is dropped silently.
+Every ``{Trainer}__{plans}__{configuration}`` folder in ``$nnUNet_results/DatasetXXX`` is one method; each of its
+trained folds (``checkpoint_final.pth`` present) maps to a (budget, seed) pair through the saved split table
+``few_label_splits.json`` and is evaluated with :func:`evaluate_folder` (always afresh, so the numbers can never be
+stale). On a test set (``--test-pred-root``) the predictions are what is scored, so a fold whose test predictions
+are there counts whether or not its model still is (a comparison's ``runs/`` carried to another machine brings its
+predictions, not its checkpoints). Per method and budget the table shows mean +/- sample std over seeds (Dice in %,
+ASSD and HD95 in mm). Folds the table lists but a method lacks are listed as missing, trained folds the table does
+not know are listed as unmapped: nothing is dropped silently.
 """
 
 import json
@@ -92,21 +94,28 @@ def dataset_title(dataset_name: str, dataset_json: dict) -> str:
     return dataset_name if not name or dataset_name.endswith(f"_{name}") else f"{dataset_name} ({name})"
 
 
-def find_methods(results_dir: Path) -> list:
-    """Result folders named Trainer__plans__configuration, in display order.
+def find_methods(results_dir: Path, test_pred_root: Path | None = None) -> list:
+    """Folders named Trainer__plans__configuration in the results (and, on a test set, in its predictions), in
+    display order.
 
     A folder holding only ``fold_all`` (SimCLR's pretraining, say) trained on no split: it is not a row.
     """
-    if not results_dir.is_dir():
+    if not results_dir.is_dir() and test_pred_root is None:
         raise InputError(f"no results folder {results_dir}; train with nnUNetv2_train first (or check nnUNet_results)")
-    methods = [
-        path.name
-        for path in results_dir.iterdir()
-        if path.is_dir() and len(path.name.split("__")) == 3 and not _trained_on_all_only(path)
-    ]
+    methods = set(method_folders(results_dir)) | set(method_folders(test_pred_root) if test_pred_root else [])
     if not methods:
         raise InputError(f"no Trainer__plans__configuration folders in {results_dir}; train with nnUNetv2_train first")
     return sorted(methods, key=method_sort_key)
+
+
+def method_folders(folder: Path) -> list:
+    if not folder.is_dir():
+        return []
+    return [
+        path.name
+        for path in folder.iterdir()
+        if path.is_dir() and len(path.name.split("__")) == 3 and not _trained_on_all_only(path)
+    ]
 
 
 def _trained_on_all_only(method_dir: Path) -> bool:
@@ -160,15 +169,16 @@ def fold_result(method: str, fold, budget: int, seed: int, summary: dict, labels
 def evaluate_method(
     method: str, splits: list, source: EvaluationSource, labels, ignore_label, summaries_dir: Path, num_processes: int
 ):
-    """Evaluate the method's trained folds of the table; returns (results, missing folds)."""
+    """Evaluate the method's folds of the table that were trained (or, on a test set, predicted); returns
+    (results, missing folds)."""
     trained = set(trained_folds(source.results_dir / method))
     results, missing = [], []
     for split in splits:
         fold, budget, seed = split["fold"], split["budget"], split["seed"]
-        if fold not in trained:
+        pred_dir, cases = source.pred_dir(method, fold), source.cases(split)
+        if fold not in trained and (source.test_pred_root is None or not pred_dir.is_dir()):
             missing.append(MissingFold(method, fold, budget, seed, f"not trained (no {TRAINED_MARKER})"))
             continue
-        pred_dir, cases = source.pred_dir(method, fold), source.cases(split)
         absent = missing_predictions(pred_dir, cases)
         if absent:
             missing.append(
@@ -258,7 +268,7 @@ def build_report(
     labels, ignore_label = labels_from_dataset_json(dataset_json)
     label_names = display_label_names(dataset_json, labels)
 
-    methods = find_methods(results_dir)
+    methods = find_methods(results_dir, source.test_pred_root)
     results, missing = [], []
     with atomic_path(out_dir / "summaries") as summaries_dir:  # replaced whole: no stale folds from earlier runs
         summaries_dir.mkdir()
