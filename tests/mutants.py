@@ -144,16 +144,15 @@ MUTANTS = [
     Mutant(
         "few-label comparison retrains a finished training",
         "nnunet_autosam/comparison/runs.py",
-        "        if marker.is_file() and (not to_predict or "
-        "self.final_checkpoint(method, fold, steps, prepared).is_file()):\n"
-        "            return json.loads(marker.read_text())\n",
+        "            if marker.is_file() and (not to_predict or final.is_file()):\n"
+        "                return json.loads(marker.read_text())\n",
         "",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
     ),
     Mutant(
         "few-label comparison predicts with a training whose checkpoint is gone",
         "nnunet_autosam/comparison/runs.py",
-        "if marker.is_file() and (not to_predict or self.final_checkpoint(method, fold, steps, prepared).is_file()):",
+        "if marker.is_file() and (not to_predict or final.is_file()):",
         "if marker.is_file():",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
     ),
@@ -167,10 +166,32 @@ MUTANTS = [
     Mutant(
         "few-label comparison's plan counts a finished line as left",
         "nnunet_autosam/comparison/runs.py",
-        "            if choice is not None and self.tested(line.method, fold, steps, prepared):\n"
+        "            if choice is not None and self.tested(line.method, fold, steps, prepared, variant):\n"
         "                continue\n",
         "",
         ("tests/test_compare.py::test_plan_lists_every_line_once_with_where_it_stands_and_trains_nothing",),
+    ),
+    Mutant(
+        "few-label comparison predicts again a fold whose test predictions came without their model",
+        "nnunet_autosam/comparison/runs.py",
+        'return record["steps"] == steps and same_variant and predicted',
+        'return record["steps"] == steps and same_variant and '
+        "self.final_checkpoint(method, fold, steps, prepared).is_file()",
+        ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
+    ),
+    Mutant(
+        "few-label comparison counts a fold tested with a prediction missing",
+        "nnunet_autosam/comparison/runs.py",
+        "predicted = not missing_predictions(self.test_predictions(method, fold, prepared), cases)",
+        "predicted = True",
+        ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
+    ),
+    Mutant(
+        "report drops test predictions whose model is gone",
+        "nnunet_autosam/evaluation/report.py",
+        "if fold not in trained and (source.test_pred_root is None or not pred_dir.is_dir()):",
+        "if fold not in trained:",
+        ("tests/test_report.py::test_test_predictions_count_without_their_model",),
     ),
     Mutant(
         "few-label comparison wipes an interrupted training that left a checkpoint",
@@ -182,8 +203,8 @@ MUTANTS = [
     Mutant(
         "few-label comparison keeps a test record made at other steps",
         "nnunet_autosam/comparison/runs.py",
-        'return marker.is_file() and json.loads(marker.read_text())["steps"] == steps and model.is_file()',
-        "return marker.is_file() and model.is_file()",
+        'return record["steps"] == steps and same_variant and predicted',
+        "return same_variant and predicted",
         ("tests/test_compare.py::test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly",),
     ),
     Mutant(
@@ -203,8 +224,9 @@ MUTANTS = [
     Mutant(
         "test run trained at the top rung, not the chosen steps",
         "nnunet_autosam/comparison/runs.py",
-        "training = self.train(method, fold, choice.steps, prepared, to_predict=True)",
-        "training = self.train(method, fold, self.ladder.rungs_for(method)[-1], prepared, to_predict=True)",
+        "training = self.train(method, fold, choice.steps, prepared, to_predict=True, variant=variant)",
+        "training = self.train(method, fold, self.ladder.rungs_for(method)[-1], prepared, to_predict=True, "
+        "variant=variant)",
         (
             "tests/test_compare.py::"
             "test_seed_zero_climbs_the_ladder_and_the_test_run_uses_the_steps_its_validation_chose",

@@ -199,6 +199,12 @@ def test_a_rerun_does_nothing_twice_and_an_interrupted_run_restarts_cleanly(expe
     assert not (predictions / "left_over.nii.gz").exists()
     assert new_commands(output, log) == ["nnUNetv2_predict"]
 
+    held_out = cases(predictions)
+    next(predictions.glob("*.nii.gz")).unlink()  # a test prediction lost, its record kept
+    log = (output / "commands.log").read_text()
+    compare()
+    assert new_commands(output, log) == ["nnUNetv2_predict"] and cases(predictions) == held_out
+
     record = output / "runs" / "linear_fold0.json"  # tested at other steps, as before a longer ladder
     steps = json.loads(record.read_text())["steps"]
     record.write_text(json.dumps(dict(json.loads(record.read_text()), steps=2 * steps)))
