@@ -310,7 +310,8 @@ class Experiment:
         """The fold's student dataset of ``variant``, once: every teacher trained on the fold at the steps its own
         seed 0 chose and linked into the chosen results, then ``nnunet-autosam pseudo-labels`` from there."""
         dataset, name = self.student(fold, variant)
-        record = self.student_record(self.student_name(fold, variant))
+        short = self.student_name(fold, variant)
+        record = self.student_record(short)
         preprocessed = self.root / "nnUNet_preprocessed" / name / "splits_final.json"
         with exclusive(self.root / "locks" / f"{name}.lock"):
             if "wall_s" in json.loads(record.read_text()) and preprocessed.is_file():
@@ -335,7 +336,7 @@ class Experiment:
                 "--student-id",
                 dataset,
                 "--name",
-                self.student_name(fold, variant),
+                short,
                 "-p",
                 prepared["stock_plans"],
                 *options,
@@ -350,7 +351,7 @@ class Experiment:
             made = json.loads((student_raw / "pseudo_labels.json").read_text())
             source_raw = self.root / "nnUNet_raw" / self.workspace.dataset_name
             summary = {
-                "run": self.student_name(fold, variant),
+                "run": short,
                 "dataset_id": int(dataset),
                 "fold": fold,
                 "variant": variant.text,
