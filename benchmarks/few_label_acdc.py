@@ -6,7 +6,12 @@ the CNN head and ft-all capped at 500 steps (about 8 and 10 s a step on 2 cores:
 three seeds of it would not fit the day of CPU the whole table is given). nnU-Net's ladder starts at 4000 steps:
 an earlier run of this experiment (from 24d2196, on validation alone, its records lost with its machine) took
 nnU-Net at 1 labelled patient from 26.2 mean Dice at 250 steps to 37.3, 45.5, 50.5 and 56.3 at 4000, more
-than the plateau's 2 points at every doubling, so its lower rungs would only spend 1.3 hours again.
+than the plateau's 2 points at every doubling, so its lower rungs would only spend 1.3 hours again. The
+pseudo-label student is that nnU-Net trained on more patients, so it starts at 4000 steps too: its variant is
+chosen there, not at rungs nnU-Net on fewer patients had not yet learned at. Every record of this experiment
+trained under CPU bf16 autocast, the rule before the speed probe (on wherever the CPU has bf16 instructions), on
+three CPUs; the script keeps that rule (``AUTOSAM_CPU_BF16=1`` on such a CPU, unless the caller set it), so that
+no machine's probe changes a row's precision part-way.
 
     python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam               # every run, resumable
     python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam --shard 0/4   # compare's options
@@ -14,16 +19,18 @@ than the plateau's 2 points at every doubling, so its lower rungs would only spe
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from nnunet_autosam.cli import build_parser
 from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.provenance import LoggedWorkspace
 from nnunet_autosam.data.conversion import default_acdc_folder
+from nnunet_autosam.utilities.precision import CPU_BF16_ENV, cpu_has_bf16
 
 CLAIM_MIN_DICE = "39"
 # compare's options given later win
-FIXED_CHOICES = ["--val-patients", "6", "--cap", "cnn=500", "ftall=500", "--start", "nnunet=4000"]
+FIXED_CHOICES = ["--val-patients", "6", "--cap", "cnn=500", "ftall=500", "--start", "nnunet=4000", "pseudo=4000"]
 
 
 def main(argv=None) -> None:
@@ -33,6 +40,8 @@ def main(argv=None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="working folder, as compare's --output")
     args, compare_args = parser.parse_known_args(argv)
     output = args.output.resolve()
+    if cpu_has_bf16():
+        os.environ.setdefault(CPU_BF16_ENV, "1")  # inherited by every training and prediction it runs
     with exclusive(output / "prepare.lock"):
         if not (output / "nnUNet_raw" / "Dataset027_ACDC" / "dataset.json").is_file():
             convert = ["-d", "27", "--overwrite", "--holdout", str(args.holdout)]

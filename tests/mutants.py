@@ -142,6 +142,20 @@ MUTANTS = [
         ("tests/test_precision.py::test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weights",),
     ),
     Mutant(
+        "auto takes bf16 for the instructions alone",
+        "nnunet_autosam/utilities/precision.py",
+        "return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP",
+        "return cpu_has_bf16()",
+        ("tests/test_precision.py::test_auto_takes_bf16_only_where_the_probe_finds_it_faster",),
+    ),
+    Mutant(
+        "the bf16 probe draws from the global random state",
+        "nnunet_autosam/utilities/precision.py",
+        "generator = torch.Generator().manual_seed(0)",
+        "generator = torch.default_generator",
+        ("tests/test_precision.py::test_the_probe_runs_inside_a_prediction_and_leaves_the_random_state_alone",),
+    ),
+    Mutant(
         "few-label comparison retrains a finished training",
         "nnunet_autosam/comparison/runs.py",
         "            if marker.is_file() and (not to_predict or final.is_file()):\n"

@@ -70,11 +70,41 @@ def test_a_bad_frozen_encoder_setting_is_refused_in_one_line(monkeypatch):
 
 def test_auto_follows_the_cpu_and_a_bad_value_is_refused_in_one_line(monkeypatch):
     monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
-    assert precision.cpu_bf16_enabled() is precision.cpu_has_bf16()
+    assert precision.cpu_bf16_enabled() is precision.cpu_bf16_pays()
     monkeypatch.setenv(precision.CPU_BF16_ENV, "fast")
     with pytest.raises(InputError, match="AUTOSAM_CPU_BF16='fast' is not a setting: use auto, 1") as error:
         precision.cpu_bf16_enabled()
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "units, speedup, expected", [(True, 1.65, True), (True, 0.83, False), (True, 1.05, False), (False, 2.0, False)]
+)
+def test_auto_takes_bf16_only_where_the_probe_finds_it_faster(monkeypatch, units, speedup, expected):
+    """bf16 instructions that run slower than fp32 (a Xeon whose AMX is hidden: 0.83x) leave auto in fp32."""
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: units)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+    assert precision.cpu_bf16_enabled() is expected
+    line = precision.describe(CPU)
+    assert line.endswith(
+        "bf16 autocast; a frozen encoder in fp32 (AUTOSAM_CPU_BF16_ENCODER=1 for bf16)" if expected else ": fp32"
+    )
+    assert (f"at {speedup:.2f}x fp32's speed" in line) is units
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    assert precision.cpu_bf16_enabled()
+
+
+def test_the_probe_runs_inside_a_prediction_and_leaves_the_random_state_alone():
+    precision.cpu_bf16_speedup.cache_clear()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        speedup = precision.cpu_bf16_speedup()
+    assert 0.05 < speedup < 50
+    assert torch.equal(torch.rand(3), expected)
+    assert precision.cpu_bf16_speedup() == speedup  # timed once per process
 
 
 def test_off_is_the_fp32_path_exactly(monkeypatch):

@@ -11,7 +11,7 @@ The encoder's family (nnunet_autosam.model.encoders) builds it, maps the input, 
 embedding grid is; the plans' channel strategy (nnunet_autosam.model.channel_input) says how the image
 channels become encoder passes and how their embeddings are fused before the head.
 
-The encoder runs under bf16 autocast on CUDA, and on a CPU with bf16 units when it is trained (a
+The encoder runs under bf16 autocast on CUDA, and on a CPU where CPU bf16 is on when it is trained (a
 frozen one there stays fp32 unless asked; see nnunet_autosam/utilities/precision.py); its output is
 cast back to fp32 for the head. The head runs under bf16 autocast on such a CPU (its logits come
 back in fp32). The whole batch goes through the encoder in one call.

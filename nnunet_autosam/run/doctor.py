@@ -65,13 +65,16 @@ def check_cpu_precision() -> tuple:
     import torch
 
     from nnunet_autosam.utilities.errors import InputError
-    from nnunet_autosam.utilities.precision import CPU_BF16_ENV, describe
+    from nnunet_autosam.utilities.precision import CPU_BF16_ENV, cpu_bf16_enabled, describe
 
     try:
         line = describe(torch.device("cpu"))
     except InputError as error:
         return False, str(error)
-    return True, line + ("" if os.environ.get(CPU_BF16_ENV) else f" ({CPU_BF16_ENV}=0 for fp32)")
+    if os.environ.get(CPU_BF16_ENV):
+        return True, line
+    other = ("0", "fp32") if cpu_bf16_enabled() else ("1", "bf16")
+    return True, f"{line} ({CPU_BF16_ENV}={other[0]} to force {other[1]})"
 
 
 def run_doctor(args) -> int:

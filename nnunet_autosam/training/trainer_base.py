@@ -11,8 +11,9 @@ iteration budget, sliding-window validation and prediction. What differs, and wh
   encoder gets a tenth of it, so fine-tuning does not wash out SAM's pretraining;
 - no torch.compile: not measured to help here, and compiling a ViT costs minutes at start-up;
 - no test-time mirroring (AUTOSAM_MIRROR_TTA=1 restores it): each mirror is another ViT pass;
-- on a CPU with bf16 units, bf16 autocast as nnU-Net autocasts to fp16 on a GPU (nnunet_autosam/utilities/precision.py;
-  AUTOSAM_CPU_BF16=0 keeps fp32), for the nnU-Net baseline variant below as for the SAM networks;
+- on a CPU whose bf16 units pay, bf16 autocast as nnU-Net autocasts to fp16 on a GPU
+  (nnunet_autosam/utilities/precision.py; AUTOSAM_CPU_BF16=0 keeps fp32), for the nnU-Net baseline
+  variant below as for the SAM networks;
 - optionally (AUTOSAM_EMBEDDING_CACHE=cache or cache_views:K, see embedding_cache.py) training
   iterations read frozen-encoder embeddings from a cache and run only the head; validation
   iterations and the final validation stay on the fly with the full network.
@@ -75,8 +76,8 @@ def schedule_from_environment() -> dict:
 
 
 class nnUNetTrainerEnvSchedule(nnUNetTrainer):
-    """Stock nnU-Net, except that the AUTOSAM_* variables can shorten its schedule and that on a CPU with
-    bf16 units its network runs under bf16 autocast, as stock nnU-Net runs under fp16 autocast on a GPU.
+    """Stock nnU-Net, except that the AUTOSAM_* variables can shorten its schedule and that on a CPU whose
+    bf16 units pay its network runs under bf16 autocast, as stock nnU-Net runs under fp16 autocast on a GPU.
 
     The SAM trainers build on it; on its own it is the nnU-Net baseline of the demo and the few-label
     runner, which compare nnU-Net and the SAM heads on the same iterations and at the same precision.

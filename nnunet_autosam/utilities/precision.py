@@ -12,8 +12,12 @@ every head, fold and prediction (cache, memo, validation, ``nnUNetv2_predict``, 
 the parity runs on ACDC (docs/cpu_precision.md) AutoSAM trained on bf16 embeddings scored lower on
 average than on fp32 ones, by less than the runs' own spread.
 
-- ``AUTOSAM_CPU_BF16``: ``auto`` (default: on where the CPU has bf16 instructions), ``1`` to force it
-  on, ``0`` to force it off (the fp32 path, exactly as without this module).
+- ``AUTOSAM_CPU_BF16``: ``auto`` (default: on where the CPU has bf16 instructions and a probe timed once
+  per process finds bf16 at least ``BF16_MIN_SPEEDUP`` times as fast as fp32), ``1`` to force it on, ``0``
+  to force it off (the fp32 path, exactly as without this module). The instructions alone do not tell:
+  on an Intel Xeon with AVX512-BF16 whose AMX units its hypervisor hides, bf16 ran nnU-Net's step at
+  0.83x fp32's speed and prediction at 0.75x, where an AMD Zen 4 with the same instructions ran them at
+  1.65x and 1.66x (docs/cpu_precision.md).
 - ``AUTOSAM_CPU_BF16_ENCODER``: ``1`` runs the frozen encoder in bf16 too where CPU bf16 is on (about
   twice as fast here); ``0`` (default) keeps it in fp32.
 
@@ -23,7 +27,9 @@ and the prediction memo's keys, so fp32 and bf16 embeddings never mix.
 """
 
 import functools
+import math
 import os
+import time
 from contextlib import nullcontext
 
 import torch
@@ -32,6 +38,7 @@ from nnunet_autosam.utilities.errors import InputError
 
 CPU_BF16_ENV = "AUTOSAM_CPU_BF16"
 FROZEN_ENCODER_BF16_ENV = "AUTOSAM_CPU_BF16_ENCODER"
+BF16_MIN_SPEEDUP = 1.1  # below this, bf16's rounding is not worth its gain
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,11 +52,46 @@ def cpu_has_bf16() -> bool:
     return has_units and torch.backends.mkldnn.is_available()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """bf16 autocast's speed over fp32's on this CPU, at the threads torch has: timed once per process.
+
+    The probe is a 3x3 convolution at 64 channels, forward and backward, the two interleaved, best of 3
+    after a warm-up (oneDNN builds its kernels on first use); about 0.5 s on 2 cores. Convolutions are the
+    bulk of nnU-Net's and the CNN head's work, and the probe ranked every path of docs/cpu_precision.md on
+    the same side of 1 on both CPUs measured there. Its tensors come from its own generator, so the global
+    random state that seeded runs rely on is left as it was.
+    """
+    with torch.inference_mode(False), torch.enable_grad():  # also when first asked inside a prediction
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(64, 64, 3, 3, generator=generator)
+        images = torch.randn(2, 64, 64, 64, generator=generator, requires_grad=True)
+
+        def seconds(bf16: bool) -> float:
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = torch.nn.functional.conv2d(images, weight, padding=1)
+            y.float().sum().backward()
+            return time.perf_counter() - start
+
+        seconds(False), seconds(True)
+        best = {False: math.inf, True: math.inf}
+        for _ in range(3):
+            for bf16 in best:
+                best[bf16] = min(best[bf16], seconds(bf16))
+    return best[False] / best[True]
+
+
+def cpu_bf16_pays() -> bool:
+    """Whether this CPU has bf16 instructions and runs them at least ``BF16_MIN_SPEEDUP`` times fp32's speed."""
+    return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
 def cpu_bf16_enabled() -> bool:
     """$AUTOSAM_CPU_BF16 (auto, 1 or 0) against what this CPU can do."""
     value = os.environ.get(CPU_BF16_ENV, "auto").strip().lower()
     if value in ("", "auto"):
-        return cpu_has_bf16()
+        return cpu_bf16_pays()
     if value in ("1", "on", "true", "yes"):
         return True
     if value in ("0", "off", "false", "no"):
@@ -150,8 +192,8 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA: nnU-Net's fp16 autocast; SAM encoders in {embedding_precision(device)}"
     setting = os.environ.get(CPU_BF16_ENV, "auto")
-    has = "has" if cpu_has_bf16() else "lacks"
+    units = f"bf16 units at {cpu_bf16_speedup():.2f}x fp32's speed" if cpu_has_bf16() else "no bf16 units"
     if not cpu_bf16_enabled():
-        return f"CPU ({has} bf16 units, {CPU_BF16_ENV}={setting}): fp32"
+        return f"CPU ({units}, {CPU_BF16_ENV}={setting}): fp32"
     encoder = "bf16" if frozen_encoder_bf16() else f"fp32 ({FROZEN_ENCODER_BF16_ENV}=1 for bf16)"
-    return f"CPU ({has} bf16 units, {CPU_BF16_ENV}={setting}): bf16 autocast; a frozen encoder in {encoder}"
+    return f"CPU ({units}, {CPU_BF16_ENV}={setting}): bf16 autocast; a frozen encoder in {encoder}"
