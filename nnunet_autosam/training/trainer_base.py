@@ -16,10 +16,14 @@ iteration budget, sliding-window validation and prediction. What differs, and wh
   variant below as for the SAM networks;
 - optionally (AUTOSAM_EMBEDDING_CACHE=cache or cache_views:K, see embedding_cache.py) training
   iterations read frozen-encoder embeddings from a cache and run only the head; validation
-  iterations and the final validation stay on the fly with the full network.
+  iterations and the final validation stay on the fly with the full network;
+- optionally (AUTOSAM_SEED) a seeded training, so that two trainings that differ in one setting (fp32
+  against bf16, say) draw the same initial weights and batches, and a difference between them is that
+  setting's, not the luck of the draw.
 """
 
 import os
+import random
 
 import numpy as np
 import torch
@@ -47,6 +51,7 @@ SCHEDULE_VARIABLES = {
 
 
 MIRROR_TTA_ENV = "AUTOSAM_MIRROR_TTA"
+SEED_ENV = "AUTOSAM_SEED"
 
 
 class GroupwisePolyLRScheduler(PolyLRScheduler):
@@ -75,9 +80,35 @@ def schedule_from_environment() -> dict:
     return overrides
 
 
+def seed_from_environment() -> int | None:
+    """$AUTOSAM_SEED as a seed for Python's, NumPy's and torch's generators, or None where it is unset."""
+    value = os.environ.get(SEED_ENV)
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) >= 2**32:
+        raise InputError(f"{SEED_ENV}={value!r} is not a whole number below 2**32: set it to e.g. 0, or unset it")
+    return int(value)
+
+
+def seed_training(seed: int) -> str:
+    """Seed every generator a training draws from in its own process; returns what the log should say.
+
+    nnU-Net's augmentation workers seed themselves from the OS and hand batches over in the order they finish,
+    so only the main process's draws repeat: the network's initial weights, the embedding cache's batches
+    (drawn in the main process; its augmented views are seeded per slice anyway) and, with nnUNet_n_proc_DA=0,
+    nnU-Net's own patches and augmentation.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    workers = os.environ.get("nnUNet_n_proc_DA")
+    note = "" if workers == "0" else " (nnU-Net's augmentation workers are not: set nnUNet_n_proc_DA=0 for them too)"
+    return f"seeded with {SEED_ENV}={seed}: initial weights and the main process's batches repeat{note}"
+
+
 class nnUNetTrainerEnvSchedule(nnUNetTrainer):
-    """Stock nnU-Net, except that the AUTOSAM_* variables can shorten its schedule and that on a CPU whose
-    bf16 units pay its network runs under bf16 autocast, as stock nnU-Net runs under fp16 autocast on a GPU.
+    """Stock nnU-Net, except that the AUTOSAM_* variables can shorten its schedule or seed it and that on a CPU
+    whose bf16 units pay its network runs under bf16 autocast, as stock nnU-Net runs under fp16 autocast on a GPU.
 
     The SAM trainers build on it; on its own it is the nnU-Net baseline of the demo and the few-label
     runner, which compare nnU-Net and the SAM heads on the same iterations and at the same precision.
@@ -96,6 +127,9 @@ class nnUNetTrainerEnvSchedule(nnUNetTrainer):
             setattr(self, attribute, value)
             self.print_to_log_file(f"short schedule from AUTOSAM_* variables: {attribute} = {value}")
         self.print_to_log_file(f"precision: {describe(self.device)}")
+        seed = seed_from_environment()
+        if seed is not None:  # before initialize() builds the network, so that its initial weights repeat too
+            self.print_to_log_file(seed_training(seed))
 
     @staticmethod
     def build_network_architecture(
