@@ -48,6 +48,7 @@ def run_precision(experiment: Experiment, prepared: dict, args, precision: str, 
     }
     workspace = LoggedWorkspace(experiment.root, {**experiment.workspace.settings, **settings}, shown=settings)
     workspace.dataset = dataset
+    workspace.log = folder.parent / "commands.log"  # not the experiment's, which its published commands.md lists
     trainer, plans = experiment.trainer(method), experiment.plans(method, prepared)
     fold_dir = folder / "nnUNet_results" / experiment.workspace.dataset_name / experiment.folder(method, prepared)
     fold_dir = fold_dir / f"fold_{args.fold}"
