@@ -23,9 +23,9 @@ import os
 from pathlib import Path
 
 from nnunet_autosam.cli import build_parser
-from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.provenance import LoggedWorkspace
 from nnunet_autosam.data.conversion import default_acdc_folder
+from nnunet_autosam.utilities.locks import exclusive
 from nnunet_autosam.utilities.precision import CPU_BF16_ENV, cpu_has_bf16
 
 CLAIM_MIN_DICE = "39"

@@ -1,9 +1,16 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from nnunet_autosam.data.brats import TRAINING_FOLDER, default_brats_folder
 from nnunet_autosam.data.conversion import default_acdc_folder
+from nnunet_autosam.utilities.precision import PROBE_FILE_ENV
+
+# The CPU bf16 probe keeps its ratio in a file: here one per test process (and the commands it runs), in a
+# temporary folder, not the user's cache.
+os.environ.setdefault(PROBE_FILE_ENV, str(Path(tempfile.mkdtemp(prefix="autosam_probe_")) / "cpu_bf16_probe.json"))
 
 
 def acdc_root() -> Path:

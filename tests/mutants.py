@@ -149,6 +149,13 @@ MUTANTS = [
         ("tests/test_precision.py::test_auto_takes_bf16_only_where_the_probe_finds_it_faster",),
     ),
     Mutant(
+        "the bf16 probe is timed anew in every process",
+        "nnunet_autosam/utilities/precision.py",
+        "            if key not in known:\n",
+        "            if True:\n",
+        ("tests/test_precision.py::test_the_probe_is_timed_once_per_machine_and_read_by_every_later_process",),
+    ),
+    Mutant(
         "the bf16 probe draws from the global random state",
         "nnunet_autosam/utilities/precision.py",
         "generator = torch.Generator().manual_seed(0)",

@@ -7,7 +7,6 @@ plumbing, not SAM's quality; one test runs the real lite_medsam encoder end to e
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -100,10 +99,9 @@ def _check_predictions(inputs, outputs):
 
 
 def logs_the_expected_precision(log: str) -> bool:
-    """Whether a training logged the precision this process would run in; the bf16 probe's ratio, timed anew
-    in every process, is left out."""
-    ratio = re.compile(r"at \d+\.\d\dx fp32's speed")
-    return f"precision: {ratio.sub('', describe(torch.device('cpu')))}" in ratio.sub("", log)
+    """Whether a training logged the precision this process would run in, the bf16 probe's ratio included: the
+    training reads the ratio this process timed (one probe file per machine; here, per test process)."""
+    return f"precision: {describe(torch.device('cpu'))}" in log
 
 
 @pytest.mark.parametrize("trainer", SAM_TRAINERS)

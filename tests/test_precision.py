@@ -6,6 +6,8 @@ these tests mean the same on a CPU without bf16 units (autocast then runs, only 
 prediction through the stock CLI at the default (auto) are in test_end_to_end.py.
 """
 
+import json
+
 import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -95,7 +97,8 @@ def test_auto_takes_bf16_only_where_the_probe_finds_it_faster(monkeypatch, units
     assert precision.cpu_bf16_enabled()
 
 
-def test_the_probe_runs_inside_a_prediction_and_leaves_the_random_state_alone():
+def test_the_probe_runs_inside_a_prediction_and_leaves_the_random_state_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv(precision.PROBE_FILE_ENV, str(tmp_path / "probe.json"))
     precision.cpu_bf16_speedup.cache_clear()
     torch.manual_seed(7)
     expected = torch.rand(3)
@@ -104,7 +107,42 @@ def test_the_probe_runs_inside_a_prediction_and_leaves_the_random_state_alone():
         speedup = precision.cpu_bf16_speedup()
     assert 0.05 < speedup < 50
     assert torch.equal(torch.rand(3), expected)
-    assert precision.cpu_bf16_speedup() == speedup  # timed once per process
+    precision.cpu_bf16_speedup.cache_clear()
+
+
+def test_the_probe_is_timed_once_per_machine_and_read_by_every_later_process(monkeypatch, tmp_path):
+    """Timed anew in each process, the ratio followed the load and flipped auto between trainings of one run."""
+    probe = tmp_path / "cache" / "probe.json"
+    monkeypatch.setenv(precision.PROBE_FILE_ENV, str(probe))
+    timings = iter([1.8, 0.7, 0.9])
+    monkeypatch.setattr(precision, "timed_bf16_speedup", lambda: next(timings))
+
+    def new_process() -> float:
+        precision.cpu_bf16_speedup.cache_clear()  # what a new process starts with
+        return precision.cpu_bf16_speedup()
+
+    try:
+        assert new_process() == 1.8
+        assert new_process() == 1.8  # read, not timed again at 0.7
+        probe.write_text("{half-writ")  # a damaged file is timed again
+        assert new_process() == 0.7
+        monkeypatch.setattr(precision, "probe_key", lambda: "another machine")
+        assert new_process() == 0.9
+        assert sorted(json.loads(probe.read_text()).values()) == [0.7, 0.9]
+    finally:
+        precision.cpu_bf16_speedup.cache_clear()
+
+
+def test_the_probe_times_its_own_where_its_file_cannot_be_written(monkeypatch, tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv(precision.PROBE_FILE_ENV, str(blocker / "probe.json"))
+    monkeypatch.setattr(precision, "timed_bf16_speedup", lambda: 1.3)
+    precision.cpu_bf16_speedup.cache_clear()
+    try:
+        assert precision.cpu_bf16_speedup() == 1.3
+    finally:
+        precision.cpu_bf16_speedup.cache_clear()
 
 
 def test_off_is_the_fp32_path_exactly(monkeypatch):

@@ -52,7 +52,6 @@ from nnunet_autosam.comparison import publish
 from nnunet_autosam.comparison.dataset import HOLDOUT, TEST_FOLDERS, Plan, plan_dataset
 from nnunet_autosam.comparison.holdout import short_name
 from nnunet_autosam.comparison.ladder import Ladder, parse_method_steps
-from nnunet_autosam.comparison.locks import exclusive
 from nnunet_autosam.comparison.protocol import (
     DEFAULT_METHODS,
     DEFAULT_PSEUDO_VARIANTS,
@@ -82,6 +81,7 @@ from nnunet_autosam.utilities.atomic import write_json, write_text
 from nnunet_autosam.utilities.commands import STOCK_PLANS
 from nnunet_autosam.utilities.devices import pick_device
 from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.locks import exclusive
 from nnunet_autosam.utilities.precision import embedding_precision
 from nnunet_autosam.utilities.shards import parse_shard
 

@@ -13,7 +13,7 @@ the parity runs on ACDC (docs/cpu_precision.md) AutoSAM trained on bf16 embeddin
 average than on fp32 ones, by less than the runs' own spread.
 
 - ``AUTOSAM_CPU_BF16``: ``auto`` (default: on where the CPU has bf16 instructions and a probe timed once
-  per process finds bf16 at least ``BF16_MIN_SPEEDUP`` times as fast as fp32), ``1`` to force it on, ``0``
+  per machine finds bf16 at least ``BF16_MIN_SPEEDUP`` times as fast as fp32), ``1`` to force it on, ``0``
   to force it off (the fp32 path, exactly as without this module). The instructions alone do not tell:
   on an Intel Xeon with AVX512-BF16 whose AMX units its hypervisor hides, bf16 ran nnU-Net's step at
   0.83x fp32's speed and prediction at 0.75x, where an AMD Zen 4 with the same instructions ran them at
@@ -27,16 +27,22 @@ and the prediction memo's keys, so fp32 and bf16 embeddings never mix.
 """
 
 import functools
+import json
 import math
 import os
+import platform
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
+from nnunet_autosam.utilities.atomic import write_json
 from nnunet_autosam.utilities.errors import InputError
+from nnunet_autosam.utilities.locks import exclusive
 
 CPU_BF16_ENV = "AUTOSAM_CPU_BF16"
+PROBE_FILE_ENV = "AUTOSAM_CPU_PROBE_FILE"
 FROZEN_ENCODER_BF16_ENV = "AUTOSAM_CPU_BF16_ENCODER"
 BF16_MIN_SPEEDUP = 1.1  # below this, bf16's rounding is not worth its gain
 
@@ -52,9 +58,47 @@ def cpu_has_bf16() -> bool:
     return has_units and torch.backends.mkldnn.is_available()
 
 
+def probe_file() -> Path:
+    """Where the probe's ratio is kept: $AUTOSAM_CPU_PROBE_FILE, else nnunet_autosam/ in the user's cache folder."""
+    configured = os.environ.get(PROBE_FILE_ENV)
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnunet_autosam" / "cpu_bf16_probe.json"
+
+
+def probe_key() -> str:
+    """The machine a ratio holds for: host, CPU capability and torch. Not the threads: nnU-Net's commands set
+    theirs to the CPU count and others keep torch's default, and one machine's processes must decide alike."""
+    return f"{platform.node()} {torch.backends.cpu.get_cpu_capability()} torch {torch.__version__}"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_speedup() -> float:
-    """bf16 autocast's speed over fp32's on this CPU, at the threads torch has: timed once per process.
+    """bf16 autocast's speed over fp32's on this machine: timed by the first process to ask, then read from
+    ``probe_file()`` by every process, so that all of one machine's trainings decide alike.
+
+    Timed anew in each process, the ratio followed the load: on a 2-core AMD EPYC that runs bf16 at about 2x,
+    it read 0.74 to 4.30 in the trainings of one test run beside another job, and `auto` took fp32 in some and
+    bf16 in others. Delete the file to time it again (on an idle machine); where it cannot be written, each
+    process times its own.
+    """
+    path, key = probe_file(), probe_key()
+    try:
+        with exclusive(path.with_name(path.name + ".lock")):
+            try:
+                known = json.loads(path.read_text(encoding="utf-8"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                known = {}
+            if key not in known:
+                known[key] = round(timed_bf16_speedup(), 3)
+                write_json(known, path)
+            return float(known[key])
+    except OSError:
+        return timed_bf16_speedup()
+
+
+def timed_bf16_speedup() -> float:
+    """bf16 autocast's speed over fp32's on this CPU, at the threads torch has, timed now.
 
     The probe is a 3x3 convolution at 64 channels, forward and backward, the two interleaved, best of 3
     after a warm-up (oneDNN builds its kernels on first use); about 0.5 s on 2 cores. Convolutions are the

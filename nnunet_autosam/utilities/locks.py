@@ -1,4 +1,5 @@
-"""An exclusive lock on a file, so that shards started at once on one output folder prepare it only once."""
+"""An exclusive lock on a file: shards started at once on one output folder prepare it once, and processes started
+at once on one machine time the CPU bf16 probe once."""
 
 import fcntl
 from contextlib import contextmanager
