@@ -58,8 +58,8 @@ def run_precision(experiment: Experiment, prepared: dict, args, precision: str, 
         shutil.rmtree(fold_dir, ignore_errors=True)
         start = time.perf_counter()
         workspace.train(trainer, args.fold, plans, args.device)
-        write_json({"train_s": round(time.perf_counter() - start, 1)}, timings_file)
-        timings = json.loads(timings_file.read_text())
+        timings = {"train_s": round(time.perf_counter() - start, 1)}
+        write_json(timings, timings_file)
     plan = experiment.plan_of(prepared)
     predictions = folder / "test_predictions"
     if missing_predictions(predictions, list_cases(plan.test_labels, DEFAULT_FILE_ENDING)):
