@@ -13,7 +13,8 @@ nnU-Net's 2d PlainConvUNet training step (deep supervision, SGD as nnUNetTrainer
 same CPU autocast wrapper nnUNetTrainerEnvSchedule gives it); the prediction of one volume through
 nnUNetPredictor (our AutoSAM network without mirroring, the SAM trainers' default; nnU-Net's network
 with mirroring, its default). It also reports how far the bf16 embedding and predicted labels are
-from fp32's.
+from fp32's. AutoSAM's head runs in fp32 on the CPU in both (AutoSAMHead.cpu_bf16 says why), so its
+cached step's ratio is about 1 by design; ft-all's gain is its encoder's.
 """
 
 import os

@@ -11,7 +11,9 @@ pseudo-label student is that nnU-Net trained on more patients, so it starts at 4
 chosen there, not at rungs nnU-Net on fewer patients had not yet learned at. Every record of this experiment
 trained under CPU bf16 autocast, the rule before the speed probe (on wherever the CPU has bf16 instructions), on
 three CPUs; the script keeps that rule (``AUTOSAM_CPU_BF16=1`` on such a CPU, unless the caller set it), so that
-no machine's probe changes a row's precision part-way.
+no machine's probe changes a row's precision part-way. AutoSAM's head trains in fp32 on the CPU in either
+setting (its bf16 training scored lower, docs/cpu_precision.md), so AutoSAM's records trained with its head in
+bf16 were set aside (results/acdc_lite_medsam/rerun_state/README.md) and its lines train again.
 
     python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam               # every run, resumable
     python benchmarks/few_label_acdc.py --output runs/acdc_lite_medsam --shard 0/4   # compare's options

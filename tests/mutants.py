@@ -130,9 +130,16 @@ MUTANTS = [
     Mutant(
         "the heads' step runs in fp32 on a bf16 CPU",
         "nnunet_autosam/model/network.py",
-        "with cpu_autocast(embedding.device):",
+        "with head_autocast(embedding.device, self.head):",
         'with torch.autocast("cpu", enabled=False):',
         ("tests/test_precision.py::test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits",),
+    ),
+    Mutant(
+        "AutoSAM's head runs in bf16 on a bf16 CPU",
+        "nnunet_autosam/model/heads/autosam.py",
+        "    cpu_bf16 = False\n",
+        "",
+        ("tests/test_precision.py::test_autosam_head_stays_fp32_on_a_bf16_cpu_also_inside_a_training_autocast",),
     ),
     Mutant(
         "the nnU-Net baseline's network left in fp32 on a bf16 CPU",

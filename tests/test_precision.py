@@ -90,7 +90,9 @@ def test_auto_takes_bf16_only_where_the_probe_finds_it_faster(monkeypatch, units
     assert precision.cpu_bf16_enabled() is expected
     line = precision.describe(CPU)
     assert line.endswith(
-        "bf16 autocast; a frozen encoder in fp32 (AUTOSAM_CPU_BF16_ENCODER=1 for bf16)" if expected else ": fp32"
+        "bf16 autocast, AutoSAM's head in fp32; a frozen encoder in fp32 (AUTOSAM_CPU_BF16_ENCODER=1 for bf16)"
+        if expected
+        else ": fp32"
     )
     assert (f"at {speedup:.2f}x fp32's speed" in line) is units
     monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
@@ -161,7 +163,7 @@ def test_off_is_the_fp32_path_exactly(monkeypatch):
     assert logits.dtype == torch.float32 and torch.equal(logits, expected)
 
 
-@pytest.mark.parametrize("head", ["autosam", "cnn", "linear"])
+@pytest.mark.parametrize("head", ["cnn", "linear"])
 def test_on_runs_encoder_and_head_in_bf16_and_returns_fp32_logits(monkeypatch, head):
     monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
     monkeypatch.setenv(precision.FROZEN_ENCODER_BF16_ENV, "1")
@@ -203,13 +205,24 @@ def test_by_default_a_frozen_encoder_stays_fp32_while_the_head_and_a_trained_enc
     assert trained_linears and set(trained_linears) == {torch.bfloat16}
 
 
-def test_autosam_token_streams_stay_bf16_through_the_transformer(monkeypatch):
-    """The fix for AutoSAM's slower bf16 step: no fp32 residual stream to cast at every projection."""
+@pytest.mark.parametrize("train_encoder", [False, True])
+def test_autosam_head_stays_fp32_on_a_bf16_cpu_also_inside_a_training_autocast(monkeypatch, train_encoder):
+    """AutoSAM's head is exempt from CPU bf16 (AutoSAMHead.cpu_bf16 says why), also where the trainer's cached
+    step autocasts around it and where ft-all trains the encoder in bf16; the same weights give fp32's logits."""
     monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
-    network = build_sam_network(TINY, "autosam", 1, 4)
-    norms = dtypes_of(network.head.transformer, torch.nn.LayerNorm)
-    network(torch.randn(1, 1, 64, 64))
-    assert norms and set(norms) == {torch.bfloat16}
+    torch.manual_seed(0)
+    network = build_sam_network(TINY, "autosam", 1, 4, train_encoder=train_encoder)
+    head_layers = dtypes_of(network.head, (torch.nn.Linear, torch.nn.ConvTranspose2d))
+    encoder_linears = dtypes_of(network.encoder, torch.nn.Linear)
+    x = torch.randn(2, 1, 64, 48)
+    embedding = network.encode(x).detach()
+    with precision.training_autocast(CPU):
+        logits = network.segment(embedding, x.shape[-2:])
+    network(x)
+    assert head_layers and set(head_layers) == {torch.float32}
+    assert set(encoder_linears) == {torch.bfloat16 if train_encoder else torch.float32}
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert torch.equal(logits, network.segment(embedding, x.shape[-2:]))
 
 
 def test_the_nnunet_network_wrapper_autocasts_on_cpu_only_and_keeps_stock_weights(monkeypatch):

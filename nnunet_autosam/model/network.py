@@ -13,8 +13,9 @@ channels become encoder passes and how their embeddings are fused before the hea
 
 The encoder runs under bf16 autocast on CUDA, and on a CPU where CPU bf16 is on when it is trained (a
 frozen one there stays fp32 unless asked; see nnunet_autosam/utilities/precision.py); its output is
-cast back to fp32 for the head. The head runs under bf16 autocast on such a CPU (its logits come
-back in fp32). The whole batch goes through the encoder in one call.
+cast back to fp32 for the head. The head runs under bf16 autocast on such a CPU where its class allows
+(``cpu_bf16``: the linear and CNN heads, not AutoSAM's); its logits come back in fp32. The whole batch goes
+through the encoder in one call.
 With ``AUTOSAM_EMBEDDING_MEMO`` set, a frozen encoder's eval-mode embeddings are remembered on disk
 across predictions (nnunet_autosam.model.embedding_memo).
 """
@@ -32,7 +33,7 @@ from nnunet_autosam.model.heads import head_spec
 from nnunet_autosam.model.heads.base import SegmentationHead
 from nnunet_autosam.model.heads.fast_layers import use_fast_layers
 from nnunet_autosam.utilities.errors import InputError
-from nnunet_autosam.utilities.precision import cpu_autocast, encoder_autocast
+from nnunet_autosam.utilities.precision import encoder_autocast, head_autocast
 
 
 def build_head(head: str, num_classes: int, grid_size: int) -> SegmentationHead:
@@ -101,7 +102,7 @@ class SAMSegmentationNetwork(nn.Module):
 
     def segment(self, embedding: torch.Tensor, size) -> torch.Tensor:
         """The head's logits (at a quarter of the input size) resized to the patch size ``size``, in fp32."""
-        with cpu_autocast(embedding.device):
+        with head_autocast(embedding.device, self.head):
             logits = self.head(self.fusion(embedding))
         return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 

@@ -302,7 +302,8 @@ class SAMTrainerBase(nnUNetTrainerEnvSchedule):
         target = batch["target"].to(self.device, non_blocking=True)
         network = self._sam_network()
         self.optimizer.zero_grad(set_to_none=True)
-        # nnU-Net's fp16 autocast on CUDA, as in its own train_step; bf16 on a CPU where it is on (segment() too).
+        # nnU-Net's fp16 autocast on CUDA, as in its own train_step; bf16 on a CPU where it is on (for the loss:
+        # segment() decides for the head).
         with training_autocast(self.device):
             loss = self.loss(network.segment(embedding, target.shape[-2:]), target)
         self.backward_and_step(loss, self.network.parameters())

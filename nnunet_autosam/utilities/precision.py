@@ -4,8 +4,10 @@ nnU-Net autocasts to fp16 on CUDA only; on a CPU everything runs in fp32. Yet re
 (AVX512-BF16: AMD since Zen 4, Intel since Cooper Lake; AMX-BF16: Intel since Sapphire Rapids)
 multiply bf16 matrices several times faster than fp32 ones, and PyTorch's CPU autocast reaches those
 units through oneDNN. So on such a CPU what trains autocasts to bf16, as nnU-Net's training does to
-fp16 on a GPU: each head's step and forward, AutoSAM with its encoder trained, SimCLR pretraining, and
-the nnU-Net baseline variant (``nnUNetTrainerEnvSchedule``). Stock ``nnUNetTrainer`` is untouched.
+fp16 on a GPU: the linear and CNN heads' step and forward, a trained encoder (AutoSAM ft-all), SimCLR
+pretraining, and the nnU-Net baseline variant (``nnUNetTrainerEnvSchedule``). Stock ``nnUNetTrainer`` is
+untouched. AutoSAM's head stays fp32 on the CPU: bf16 was slower there on two of three CPUs and scored lower
+in seeded pairs (its class says more; ``SegmentationHead.cpu_bf16``).
 
 The frozen encoder stays fp32 on the CPU unless asked: its embeddings are computed once and read by
 every head, fold and prediction (cache, memo, validation, ``nnUNetv2_predict``, zero-shot), and in
@@ -192,6 +194,14 @@ def cpu_autocast(device: torch.device):
     return nullcontext()
 
 
+def head_autocast(device: torch.device, head: torch.nn.Module):
+    """How a segmentation head runs: under ``cpu_autocast`` on a CPU if its class allows (``cpu_bf16``), else with
+    CPU autocast off, also inside a training step's; on CUDA as the caller's autocast has it."""
+    if device.type == "cpu" and not getattr(head, "cpu_bf16", True):
+        return torch.autocast("cpu", enabled=False)
+    return cpu_autocast(device)
+
+
 def training_autocast(device: torch.device):
     """The autocast around a training step outside nnU-Net's own: fp16 on CUDA as nnU-Net's train_step
     uses, bf16 on a CPU where it is on, none otherwise."""
@@ -240,4 +250,5 @@ def describe(device: torch.device) -> str:
     if not cpu_bf16_enabled():
         return f"CPU ({units}, {CPU_BF16_ENV}={setting}): fp32"
     encoder = "bf16" if frozen_encoder_bf16() else f"fp32 ({FROZEN_ENCODER_BF16_ENV}=1 for bf16)"
-    return f"CPU ({units}, {CPU_BF16_ENV}={setting}): bf16 autocast; a frozen encoder in {encoder}"
+    where = "bf16 autocast, AutoSAM's head in fp32"
+    return f"CPU ({units}, {CPU_BF16_ENV}={setting}): {where}; a frozen encoder in {encoder}"
