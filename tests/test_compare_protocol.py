@@ -174,6 +174,26 @@ def prepared_commands(tmp_path, monkeypatch, *options) -> list:
     return (output / "commands.log").read_text().splitlines()
 
 
+def test_budgets_the_output_folder_has_no_folds_for_are_refused_in_one_line(tmp_path, monkeypatch):
+    prepared_commands(tmp_path, monkeypatch)  # prepared for budget 1, seed 0
+    output = tmp_path / "out"
+    preprocessed = output / "nnUNet_preprocessed" / "Dataset902_Synthetic"
+    preprocessed.mkdir(parents=True)
+    (output / "nnUNet_raw" / "Dataset902_Synthetic").mkdir(parents=True)
+    folds = [{"fold": 0, "budget": 1, "seed": 0, "train_cases": ["a"], "val_cases": ["b"]}]
+    (preprocessed / "few_label_splits.json").write_text(json.dumps({"folds": folds}))
+
+    def prepare(*options):
+        smoke = ["--holdout", "1", "--encoder", "tiny", "--val-patients", "1", *options]
+        return Experiment(cli.build_parser().parse_args(["compare", "902", "--output", str(output), *smoke])).prepare()
+
+    assert prepare("--budgets", "1", "--seeds", "1")["dataset"]
+    with pytest.raises(InputError, match=r"holds folds for budgets 1 \(1 seeds\), not for --budgets 5 at --seeds 1"):
+        prepare("--budgets", "1", "5", "--seeds", "1")
+    with pytest.raises(InputError, match="not for --budgets 1 at --seeds 3: ask for what it holds"):
+        prepare("--budgets", "1", "--seeds", "3")
+
+
 def test_channels_reach_the_sam_plans_only_when_asked(tmp_path, monkeypatch):
     commands = prepared_commands(tmp_path / "separate", monkeypatch, "--channels", "separate")
     (plans,) = [line for line in commands if line.startswith("nnunet-autosam plans")]

@@ -43,6 +43,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -136,7 +137,9 @@ class Experiment:
         """Test set, plans for both networks, folds: once per output folder (every shard waits for the first)."""
         with exclusive(self.root / "prepare.lock"):
             if self.marker.is_file():
-                return self.load_prepared()
+                prepared = self.load_prepared()
+                self.check_folds()
+                return prepared
             start = time.perf_counter()
             plan = plan_dataset(self.args, self.root / "nnUNet_raw", self.grouping)
             self.workspace.dataset = plan.dataset_id
@@ -175,6 +178,22 @@ class Experiment:
             }
             write_json(prepared, self.marker)
             return prepared
+
+    def check_folds(self) -> None:
+        """Refuse, in one line, budgets or seeds the output folder has no folds for.
+
+        The folds are drawn once, when the folder is prepared, and its runs are named by fold number: drawing
+        them again for more budgets would renumber the folds under the runs already there. Without this, a
+        folder prepared with ``--budgets 1`` and run with ``--budgets 1 5`` failed part-way with an IndexError.
+        """
+        seeds = Counter(fold["budget"] for fold in self.folds())
+        short = [budget for budget in self.args.budgets if seeds[budget] < self.args.seeds]
+        if short:
+            has = ", ".join(f"{budget} ({count} seeds)" for budget, count in sorted(seeds.items()))
+            raise InputError(
+                f"{self.root} holds folds for budgets {has}, not for --budgets {' '.join(map(str, short))} at "
+                f"--seeds {self.args.seeds}: ask for what it holds, or give those budgets another --output"
+            )
 
     def load_prepared(self) -> dict:
         prepared = json.loads(self.marker.read_text(encoding="utf-8"))
