@@ -250,5 +250,8 @@ def describe(device: torch.device) -> str:
     if not cpu_bf16_enabled():
         return f"CPU ({units}, {CPU_BF16_ENV}={setting}): fp32"
     encoder = "bf16" if frozen_encoder_bf16() else f"fp32 ({FROZEN_ENCODER_BF16_ENV}=1 for bf16)"
-    where = "bf16 autocast, AutoSAM's head in fp32"
+    from nnunet_autosam.model.heads import HEADS  # here: the heads' modules are heavier than this one's users need
+
+    fp32_heads = [f"{spec.display_name}'s head" for spec in HEADS.values() if not spec.head_class.cpu_bf16]
+    where = "bf16 autocast" + (f", {' and '.join(fp32_heads)} in fp32" if fp32_heads else "")
     return f"CPU ({units}, {CPU_BF16_ENV}={setting}): {where}; a frozen encoder in {encoder}"
